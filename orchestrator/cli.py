@@ -1,0 +1,237 @@
+"""The command line: ``orchestrator <command> ...``.
+
+``create`` and ``up`` keep the C Web Framework ``migrate`` syntax; ``resolve``,
+``baseline``, fleet commands (``catch-up``, ``status``, ``plan``, ``validate``)
+and ``daemon`` build on the same runner. Errors become one redacted line on
+stderr; the exit code comes from the error's class, mapped here and only here:
+0 done or current, 1 a migration failed or a target is failed/drifted/locked,
+2 usage or config error, 3 a target unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from orchestrator import __version__
+from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.log import setup_logging
+from orchestrator.redact import redact
+
+__all__ = ["main"]
+
+log = logging.getLogger("migrations")
+
+_TEMPLATES = {
+    "sql": "-- {name}\n-- Runs once per target, in name order, inside a transaction where the engine allows it.\n"
+           "-- A first line '-- orchestrator: no-transaction' runs it outside one (e.g. CREATE INDEX CONCURRENTLY).\n\n",
+    "py": '"""{name}."""\n\n\ndef up(db):\n    """Apply the change. db.execute(sql, params=None), db.query(sql, params=None) -> rows,\n'
+          '    db.dbid, db.driver, db.connection (the native client). Return False or raise to fail."""\n',
+    "redis": "# {name}\n# One command per line, quoted as in redis-cli; the file runs in MULTI/EXEC with the ledger write.\n",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"usage: {message} (see 'orchestrator {self.prog.split()[-1]} --help')" if " " in self.prog else f"usage: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="debug output (-vv for library debug)")
+    common.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    parser = _Parser(prog="orchestrator", description="Keeps the schemas of a fleet of databases current.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("create", parents=[common], help="write a new timestamped migration from a template")
+    p.add_argument("name")
+    p.add_argument("config")
+    p.add_argument("dir", help="set folder, or the name of a set in the config")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--sql", dest="kind", action="store_const", const="sql")
+    kind.add_argument("--py", dest="kind", action="store_const", const="py")
+    kind.add_argument("--redis", dest="kind", action="store_const", const="redis")
+
+    p = sub.add_parser("up", parents=[common], help="apply pending migrations of one set to one target: up [all|N] CONFIG DBID SET")
+    p.add_argument("args", nargs="+", metavar="[all|N] CONFIG DBID SET")
+    p.add_argument("--lock-wait", type=float, default=None, help="seconds to wait for a held lock (default 10)")
+
+    p = sub.add_parser("resolve", parents=[common], help="clear a failed migration: resolve CONFIG DBID SET VERSION --retry|--mark-applied|--forget")
+    for name in ("config", "dbid", "set", "version"):
+        p.add_argument(name)
+    action = p.add_mutually_exclusive_group(required=True)
+    for flag in ("retry", "mark-applied", "forget"):
+        action.add_argument(f"--{flag}", dest="action", action="store_const", const=flag)
+
+    p = sub.add_parser("baseline", parents=[common], help="record migrations up to VERSION as applied without running them")
+    for name in ("config", "dbid", "set", "version"):
+        p.add_argument(name)
+
+    for name, text in (("catch-up", "apply everything pending on every binding"), ("status", "state of every (set, target)"),
+                       ("plan", "what catch-up would apply, touching nothing"), ("validate", "check config, sets and ledgers")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("config")
+        p.add_argument("--set", dest="set_name", default=None)
+        p.add_argument("--target", default=None, help="dbid glob, e.g. 'postgresql.*'")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "catch-up":
+            p.add_argument("--workers", type=int, default=None)
+
+    p = sub.add_parser("daemon", parents=[common], help="run the scheduler, watcher and status server")
+    p.add_argument("config")
+    p.add_argument("--once", action="store_true", help="one catch-up, then exit with its exit code")
+    p.add_argument("--shard", default=None, metavar="I/N", help="this replica's share of the targets")
+    return parser
+
+
+def _resolve_set(config: Any, name: str) -> Any:
+    """A set by config name, or by folder path (the C tool passes a directory)."""
+    from orchestrator.sets import discover
+
+    if name in config.sets:
+        spec = config.sets[name]
+        return discover(spec.name, spec.folder)
+    for candidate in (Path(name), config.folder / name):
+        if candidate.is_dir():
+            return discover(candidate.resolve().name, candidate.resolve())
+    known = ", ".join(sorted(config.sets)) or "none configured"
+    raise ConfigError(f"unknown set {name!r}: not a set in {config.path.name} ({known}) nor a folder")
+
+
+def _open(config: Any, dbid: str, readonly: bool = False) -> Any:
+    from orchestrator.targets import open_target
+
+    target = open_target(config.database(dbid), config.table)
+    target.connect(readonly=readonly)
+    return target
+
+
+def _cmd_create(args: argparse.Namespace) -> int:
+    from orchestrator.config import load
+
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", args.name):
+        raise ConfigError(f"create: bad name {args.name!r}: use letters, digits, '_' and '-'")
+    config = load(args.config)
+    folder = config.sets[args.dir].folder if args.dir in config.sets else Path(args.dir)
+    if not folder.is_dir():
+        raise ConfigError(f"create: folder {folder} does not exist")
+    kind = args.kind or "sql"
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
+    path = folder / f"{stamp}_{args.name}.{kind}"
+    try:
+        with path.open("x", encoding="utf-8") as fh:
+            fh.write(_TEMPLATES[kind].format(name=args.name))
+    except FileExistsError:
+        raise ConfigError(f"create: {path} already exists; wait a second or pick another name") from None
+    print(path)
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from orchestrator import defaults
+    from orchestrator.config import load
+    from orchestrator.runner import run
+
+    positional = args.args
+    if len(positional) == 3:
+        limit: int | None = 1  # as the C tool: 'up' alone applies one
+        config_path, dbid, set_name = positional
+    elif len(positional) == 4:
+        count, config_path, dbid, set_name = positional
+        if count == "all":
+            limit = None
+        elif count.isdigit() and int(count) > 0:
+            limit = int(count)
+        else:
+            raise ConfigError(f"up: count must be 'all' or a positive number, not {count!r}")
+    else:
+        raise ConfigError("usage: orchestrator up [all|N] CONFIG DBID SET")
+    config = load(config_path)
+    migration_set = _resolve_set(config, set_name)
+    target = _open(config, dbid)
+    try:
+        run(target, migration_set, limit=limit, lock_wait=defaults.LOCK_WAIT if args.lock_wait is None else args.lock_wait,
+            config_name=config_path)
+    finally:
+        target.close()
+    return 0
+
+
+def _cmd_resolve(args: argparse.Namespace) -> int:
+    from orchestrator.config import load
+    from orchestrator.runner import resolve
+
+    config = load(args.config)
+    migration_set = _resolve_set(config, args.set)
+    target = _open(config, args.dbid)
+    try:
+        resolve(target, migration_set, args.version, args.action, config_name=args.config)
+    finally:
+        target.close()
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from orchestrator.config import load
+    from orchestrator.runner import baseline
+
+    config = load(args.config)
+    migration_set = _resolve_set(config, args.set)
+    target = _open(config, args.dbid)
+    try:
+        recorded = baseline(target, migration_set, args.version)
+    finally:
+        target.close()
+    log.info("baseline: %d migration(s) recorded as applied up to %s", len(recorded), args.version)
+    return 0
+
+
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    from orchestrator import fleet
+
+    return fleet.command(args)
+
+
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    from orchestrator import daemon
+
+    return daemon.command(args)
+
+
+_COMMANDS = {
+    "create": _cmd_create,
+    "up": _cmd_up,
+    "resolve": _cmd_resolve,
+    "baseline": _cmd_baseline,
+    "catch-up": _cmd_fleet,
+    "status": _cmd_fleet,
+    "plan": _cmd_fleet,
+    "validate": _cmd_fleet,
+    "daemon": _cmd_daemon,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (never raises for expected failures)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbosity = -1 if ("-q" in argv or "--quiet" in argv) else sum(a.count("v") for a in argv if re.fullmatch(r"-v+", a)) + argv.count("--verbose")
+    setup_logging(verbosity)
+    try:
+        args = _parser().parse_args(argv)
+        return _COMMANDS[args.command](args)
+    except OrchestratorError as exc:
+        logging.getLogger("orchestrator").error("%s", redact(str(exc)))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        logging.getLogger("orchestrator").error("interrupted")
+        return 130
+    except Exception as exc:  # a bug: still one line, the traceback only with -v
+        logging.getLogger("orchestrator").error("internal error: %s: %s", type(exc).__name__, redact(str(exc)),
+                                                exc_info=verbosity > 0)
+        return 1

@@ -1,0 +1,372 @@
+"""Load and validate config.json.
+
+The ``databases`` section keeps the C Web Framework's shape (one list of entries
+per driver, each with a ``host_id``), so an existing config works unchanged;
+``migrations`` binds sets to targets and ``daemon`` configures the service.
+``${NAME}`` (or ``${NAME:-default}``) in any string expands from the environment.
+Every fault becomes one :class:`ConfigError` line naming the file and the JSON
+path (``config.json: databases.mysql[0].port: ...``). Passwords are
+``SecretStr`` (hidden in reprs) and registered with :mod:`orchestrator.redact`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from orchestrator import defaults
+from orchestrator.errors import ConfigError
+from orchestrator.redact import register_secret
+
+__all__ = [
+    "Config",
+    "SetSpec",
+    "DatabaseConfig",
+    "PostgresqlConfig",
+    "MysqlConfig",
+    "RedisConfig",
+    "SqliteConfig",
+    "DaemonConfig",
+    "load",
+    "parse_duration",
+    "DRIVERS",
+]
+
+DRIVERS = ("postgresql", "mysql", "redis", "sqlite")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_HOST_ID = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"5m"``, ``"1h30m"``, ``"250ms"`` → seconds; ValueError otherwise."""
+    text = text.strip()
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if not text or pos != len(text):
+        raise ValueError(f"invalid duration {text!r}: use a number with ms, s, m, h or d, e.g. '5m' or '1h30m'")
+    return total
+
+
+def _int_not_bool(value: Any) -> Any:
+    # JSON true would otherwise pass as 1; a digit string comes from ${ENV} expansion.
+    if isinstance(value, bool):
+        raise ValueError("Input should be a valid integer, not a boolean")
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_int_not_bool)]
+Port = Annotated[int, BeforeValidator(_int_not_bool), Field(ge=1, le=65535)]
+Duration = Annotated[float, BeforeValidator(lambda v: parse_duration(v) if isinstance(v, str) else _int_not_bool(v)), Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, hide_input_in_errors=True)
+
+
+class _Server(_Strict):
+    host_id: Annotated[str, Field(pattern=_HOST_ID)]
+    ip: str = "127.0.0.1"
+    user: str = ""
+    password: SecretStr = SecretStr("")
+    connection_timeout: Annotated[Int, Field(ge=1, le=600)] | None = None
+
+    @property
+    def timeout(self) -> int:
+        return self.connection_timeout or defaults.CONNECT_TIMEOUT[self.driver]  # type: ignore[attr-defined]
+
+    @property
+    def dbid(self) -> str:
+        return f"{self.driver}.{self.host_id}"  # type: ignore[attr-defined]
+
+
+class PostgresqlConfig(_Server):
+    driver: ClassVar[str] = "postgresql"
+    port: Port = 5432
+    dbname: Annotated[str, Field(min_length=1)]
+    schema_: Annotated[str, Field(alias="schema", min_length=1)] = "public"
+    pooling: Literal["session", "transaction"] = "session"
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
+
+
+class MysqlConfig(_Server):
+    driver: ClassVar[str] = "mysql"
+    port: Port = 3306
+    dbname: Annotated[str, Field(min_length=1)]
+    charset: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")] = "utf8mb4"
+    tls: bool = False
+
+
+class RedisConfig(_Server):
+    driver: ClassVar[str] = "redis"
+    port: Port = 6379
+    dbindex: Annotated[Int, Field(ge=0, le=1023)] = 0
+    prefix: str = ""
+    tls: bool = False
+
+
+class SqliteConfig(_Strict):
+    driver: ClassVar[str] = "sqlite"
+    host_id: Annotated[str, Field(pattern=_HOST_ID)]
+    path: Annotated[str, Field(min_length=1)]
+    journal_mode: Literal["WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY", "OFF", "wal", "delete", "truncate", "persist", "memory", "off"] = "WAL"
+    busy_timeout: Annotated[Int, Field(ge=0)] = defaults.SQLITE_BUSY_TIMEOUT
+
+    @property
+    def dbid(self) -> str:
+        return f"sqlite.{self.host_id}"
+
+
+DatabaseConfig = Union[PostgresqlConfig, MysqlConfig, RedisConfig, SqliteConfig]
+
+
+class _Databases(_Strict):
+    postgresql: list[PostgresqlConfig] = []
+    mysql: list[MysqlConfig] = []
+    redis: list[RedisConfig] = []
+    sqlite: list[SqliteConfig] = []
+
+
+class _Schedule(_Strict):
+    every: Duration | None = None
+    cron: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> _Schedule:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of 'every' or 'cron'")
+        return self
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from apscheduler.triggers.cron import CronTrigger  # only configs with a cron pay for it
+
+            try:
+                CronTrigger.from_crontab(value, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(f"invalid cron expression {value!r}: {exc}") from None
+        return value
+
+
+class _SetEntry(_Strict):
+    targets: Annotated[list[str], Field(min_length=1)]
+    schedule: _Schedule | None = None
+    apply: Literal["auto", "report"] = "auto"
+    path: str | None = None
+
+
+class _Migrations(_Strict):
+    directory: str = defaults.SETS_DIRECTORY
+    table: Annotated[str, Field(pattern=_IDENT, max_length=63)] = defaults.LEDGER_TABLE
+    sets: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=100)], _SetEntry] = {}
+
+
+class HttpConfig(_Strict):
+    host: str = defaults.HTTP_HOST
+    port: Annotated[Int, Field(ge=0, le=65535)] = defaults.HTTP_PORT
+    token: SecretStr | None = None
+
+
+class DaemonConfig(_Strict):
+    workers: Annotated[Int, Field(ge=1, le=512)] = defaults.WORKERS
+    watch_interval: Duration = defaults.WATCH_INTERVAL
+    http: HttpConfig = HttpConfig()
+
+
+class _File(_Strict):
+    databases: _Databases = _Databases()
+    migrations: _Migrations = _Migrations()
+    daemon: DaemonConfig = DaemonConfig()
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    """One migration set bound to its targets."""
+
+    name: str
+    folder: Path
+    patterns: tuple[str, ...]
+    targets: tuple[str, ...]
+    every: float | None = None
+    cron: str | None = None
+    apply: str = "auto"
+
+
+@dataclass
+class Config:
+    """A validated config.json: targets by dbid, sets by name, daemon settings."""
+
+    path: Path
+    databases: dict[str, DatabaseConfig]
+    sets: dict[str, SetSpec]
+    table: str
+    sets_directory: Path
+    daemon: DaemonConfig
+    _raw: _File = field(repr=False, default=None)  # type: ignore[assignment]
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def database(self, dbid: str) -> DatabaseConfig:
+        """The target named ``dbid``; a ConfigError naming the known ones otherwise."""
+        try:
+            return self.databases[dbid]
+        except KeyError:
+            _check_dbid(dbid, "dbid")
+            known = ", ".join(sorted(self.databases)) or "none"
+            raise ConfigError(f"{self.path.name}: unknown target {dbid!r} (declared: {known})") from None
+
+    def bindings(self, set_name: str | None = None, target_pattern: str | None = None) -> list[tuple[SetSpec, str]]:
+        """(set, dbid) pairs, optionally filtered by set name and a dbid glob."""
+        if set_name is not None and set_name not in self.sets:
+            raise ConfigError(f"{self.path.name}: unknown set {set_name!r} (configured: {', '.join(sorted(self.sets)) or 'none'})")
+        pairs = []
+        for spec in self.sets.values():
+            if set_name is not None and spec.name != set_name:
+                continue
+            for dbid in spec.targets:
+                if target_pattern is None or fnmatch.fnmatchcase(dbid, target_pattern):
+                    pairs.append((spec, dbid))
+        return pairs
+
+
+def _check_dbid(dbid: str, where: str) -> None:
+    driver, dot, host = dbid.partition(".")
+    if not dot or not host:
+        raise ConfigError(f"{where}: bad dbid {dbid!r}: expected <driver>.<host_id>, e.g. postgresql.p1")
+    if driver not in DRIVERS:
+        raise ConfigError(f"{where}: unknown driver {driver!r} in {dbid!r} (drivers: {', '.join(DRIVERS)})")
+
+
+def _json_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _expand(node: Any, loc: tuple[Any, ...], env: dict[str, str], name: str) -> Any:
+    if isinstance(node, str):
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) in env:
+                return env[m.group(1)]
+            if m.group(2) is not None:
+                return m.group(2)
+            raise ConfigError(f"{name}: {_json_path(loc)}: environment variable {m.group(1)} is not set")
+
+        return _ENV_REF.sub(sub, node) if "${" in node else node
+    if isinstance(node, list):
+        return [_expand(item, loc + (i,), env, name) for i, item in enumerate(node)]
+    if isinstance(node, dict):
+        return {key: _expand(value, loc + (key,), env, name) for key, value in node.items()}
+    return node
+
+
+def _first_error(exc: ValidationError, name: str) -> ConfigError:
+    errors = exc.errors(include_url=False)
+    # Drop the discriminator noise pydantic adds for unions and plain-str dict keys.
+    err = errors[0]
+    loc = tuple(p for p in err["loc"] if p not in ("[key]",))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ConfigError(f"{name}: {_json_path(loc)}: {msg}{more}")
+
+
+def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+    """Read, expand and validate a config file; raise ConfigError on any fault."""
+    path = Path(path)
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}: cannot read config: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: (top level): expected a JSON object")
+    data = _expand(data, (), dict(os.environ) if env is None else env, name)
+    try:
+        raw = _File.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, name) from None
+    return _build(path.resolve(), name, raw)
+
+
+def _build(path: Path, name: str, raw: _File) -> Config:
+    folder = path.parent
+    databases: dict[str, DatabaseConfig] = {}
+    for driver in DRIVERS:
+        for i, entry in enumerate(getattr(raw.databases, driver)):
+            if entry.dbid in databases:
+                raise ConfigError(f"{name}: databases.{driver}[{i}].host_id: duplicate host_id {entry.host_id!r}")
+            if isinstance(entry, SqliteConfig):
+                entry.path = str((folder / entry.path).resolve()) if entry.path != ":memory:" else entry.path
+            else:
+                register_secret(entry.password.get_secret_value())
+            databases[entry.dbid] = entry
+    if raw.daemon.http.token is not None:
+        register_secret(raw.daemon.http.token.get_secret_value())
+
+    sets_directory = (folder / raw.migrations.directory).resolve()
+    sets: dict[str, SetSpec] = {}
+    for set_name, entry in raw.migrations.sets.items():
+        where = f"{name}: migrations.sets.{set_name}"
+        set_folder = (folder / entry.path).resolve() if entry.path else sets_directory / set_name
+        if not set_folder.is_dir():
+            raise ConfigError(f"{where}: set folder {set_folder} does not exist")
+        targets: list[str] = []
+        for i, pattern in enumerate(entry.targets):
+            _check_dbid(pattern, f"{where}.targets[{i}]")
+            matched = sorted(d for d in databases if fnmatch.fnmatchcase(d, pattern))
+            if not matched:
+                raise ConfigError(f"{where}.targets[{i}]: {pattern!r} matches no declared database")
+            targets.extend(d for d in matched if d not in targets)
+        sets[set_name] = SetSpec(
+            name=set_name,
+            folder=set_folder,
+            patterns=tuple(entry.targets),
+            targets=tuple(targets),
+            every=entry.schedule.every if entry.schedule else None,
+            cron=entry.schedule.cron if entry.schedule else None,
+            apply=entry.apply,
+        )
+    return Config(
+        path=path,
+        databases=databases,
+        sets=sets,
+        table=raw.migrations.table,
+        sets_directory=sets_directory,
+        daemon=raw.daemon,
+        _raw=raw,
+    )

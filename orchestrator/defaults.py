@@ -1,0 +1,39 @@
+"""Tunable defaults, one place, each with its unit."""
+
+from __future__ import annotations
+
+LOCK_WAIT = 10.0
+"""Seconds a runner polls a held (target, set) lock before reporting it ``locked``."""
+
+LOCK_POLL = 0.1
+"""Seconds between two try-lock attempts while waiting."""
+
+REDIS_LOCK_TTL_MS = 30_000
+"""Milliseconds a Redis lock lives without renewal; a crashed holder's lock expires after this."""
+
+LEDGER_TABLE = "migration"
+"""Default name of the ledger table in SQL targets (the C tool's name)."""
+
+SETS_DIRECTORY = "sets"
+"""Default folder holding the migration sets, relative to config.json."""
+
+WORKERS = 8
+"""Default number of bindings a fleet run or the daemon works on at once."""
+
+WATCH_INTERVAL = 5.0
+"""Seconds between two scans of the set folders for new or changed files."""
+
+HTTP_HOST = "127.0.0.1"
+"""Default address of the daemon's status server."""
+
+HTTP_PORT = 8787
+"""Default port of the daemon's status server."""
+
+CONNECT_TIMEOUT = {"postgresql": 3, "mysql": 5, "redis": 3}
+"""Seconds to wait for a server connection when the config gives no ``connection_timeout``."""
+
+SQLITE_BUSY_TIMEOUT = 5000
+"""Milliseconds SQLite waits for another writer before reporting the target ``locked``."""
+
+VERSION_MAX_LENGTH = 180
+"""Longest version (file name without extension) the ledger's ``version`` column holds."""

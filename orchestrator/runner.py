@@ -1,0 +1,174 @@
+"""One set on one target: the one place where "what to run" meets "where".
+
+``run`` reads the target's ledger, works out what is pending, and applies it in
+name order under the (target, set) lock, stopping at the first failure. The CLI's
+``up``, fleet catch-up and the daemon all call it. ``baseline`` and ``resolve``
+write the ledger without running migrations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from orchestrator import defaults
+from orchestrator.errors import ConfigError, FailedState, MigrationError
+from orchestrator.sets import Migration, MigrationSet
+from orchestrator.targets import Applied, LedgerRow, Target
+
+__all__ = ["RunReport", "run", "pending_migrations", "blocking_row", "baseline", "resolve"]
+
+log = logging.getLogger("migrations")
+
+
+@dataclass
+class RunReport:
+    """What one run did on one (set, target)."""
+
+    set_id: str
+    dbid: str
+    applied: list[Applied] = field(default_factory=list)
+    already: int = 0
+    pending: list[str] = field(default_factory=list)  # still pending when the run ended
+    out_of_order: list[str] = field(default_factory=list)
+    duration_ms: int = 0
+
+
+def pending_migrations(migration_set: MigrationSet, rows: dict[str, LedgerRow]) -> tuple[list[Migration], list[str]]:
+    """(pending migrations in name order, versions among them older than the newest applied)."""
+    pending = [m for m in migration_set.migrations if m.version not in rows]
+    applied_here = [v for v in rows if migration_set.get(v) is not None]
+    newest = max(applied_here) if applied_here else None
+    out_of_order = [m.version for m in pending if newest is not None and m.version < newest]
+    return pending, out_of_order
+
+
+def blocking_row(rows: dict[str, LedgerRow]) -> LedgerRow | None:
+    """A ``failed`` or ``running`` row (engines without transactional DDL), which blocks the set."""
+    for row in rows.values():
+        if row.status != "applied":
+            return row
+    return None
+
+
+def _raise_if_blocked(target: Target, set_id: str, rows: dict[str, LedgerRow], config_name: str) -> None:
+    row = blocking_row(rows)
+    if row is None:
+        return
+    what = "failed" if row.status == "failed" else "was interrupted (state running)"
+    where = f" at statement {row.statement}" if row.statement else ""
+    error = f": {row.error}" if row.error else ""
+    raise FailedState(
+        f"{target.dbid}/{set_id}: {row.version} {what}{where}{error}; fix the database by hand, then run "
+        f"'orchestrator resolve {config_name} {target.dbid} {set_id} {row.version} --retry|--mark-applied|--forget'"
+    )
+
+
+def run(
+    target: Target,
+    migration_set: MigrationSet,
+    limit: int | None = None,
+    lock_wait: float = defaults.LOCK_WAIT,
+    config_name: str = "CONFIG",
+    prefix: str = "",
+) -> RunReport:
+    """Apply up to ``limit`` pending migrations (all when None) to a connected target.
+
+    Raises MigrationError at the first failure (what was applied before it stays
+    applied and recorded), FailedState, LockHeld or TargetUnreachable.
+    """
+    started = time.monotonic()
+    set_id = migration_set.name
+    report = RunReport(set_id, target.dbid)
+    rows = target.applied(set_id)
+    _raise_if_blocked(target, set_id, rows, config_name)
+    for m in migration_set.migrations:
+        if m.version in rows:
+            log.debug("%sskipping already applied: %s", prefix, m.version)
+    pending, out_of_order = pending_migrations(migration_set, rows)
+    report.already = len(migration_set.migrations) - len(pending)
+    if not pending:
+        log.info("%sno new migrations", prefix)
+        report.duration_ms = int((time.monotonic() - started) * 1000)
+        return report
+    selected = pending if limit is None else pending[:limit]
+    # Every file this run will touch is checked before the first one runs.
+    scripts = [m.script_for(target.driver) for m in selected]
+    for script in scripts:
+        script.prepare()
+    with target.lock(set_id, lock_wait):
+        target.ensure_ledger()
+        rows = target.applied(set_id)  # again, under the lock: another runner may have been first
+        _raise_if_blocked(target, set_id, rows, config_name)
+        _, out_of_order = pending_migrations(migration_set, rows)
+        report.out_of_order = out_of_order
+        for script in scripts:
+            if script.version in rows:
+                log.debug("%sskipping already applied: %s", prefix, script.version)
+                continue
+            if script.version in out_of_order:
+                log.warning("%sapplying out of order: %s is older than the newest applied migration", prefix, script.version)
+            log.info("%sapplying: %s", prefix, script.version)
+            result = target.apply(script)
+            if result is None:
+                log.info("%sskipping %s: another runner applied it meanwhile", prefix, script.version)
+                continue
+            report.applied.append(result)
+            noun = "statement" if result.statements == 1 else "statements"
+            log.info("%sapplied %s (%d %s, %d ms)", prefix, result.version, result.statements, noun, result.duration_ms)
+    done = {a.version for a in report.applied}
+    report.pending = [m.version for m in pending if m.version not in done and m.version not in rows]
+    report.duration_ms = int((time.monotonic() - started) * 1000)
+    return report
+
+
+def baseline(target: Target, migration_set: MigrationSet, version: str, lock_wait: float = defaults.LOCK_WAIT) -> list[str]:
+    """Record every migration up to and including ``version`` as applied, without running it."""
+    if migration_set.get(version) is None:
+        raise ConfigError(f"{migration_set.name}: no migration with version {version!r}")
+    recorded = []
+    with target.lock(migration_set.name, lock_wait):
+        target.ensure_ledger()
+        rows = target.applied(migration_set.name)
+        for m in migration_set.migrations:
+            if m.version > version:
+                break
+            if m.version in rows:
+                continue
+            try:
+                checksum = m.script_for(target.driver).checksum
+            except MigrationError:
+                checksum = None  # no file for this engine: recorded all the same, as asked
+            target.record(migration_set.name, m.version, checksum)
+            recorded.append(m.version)
+            log.info("baselined: %s", m.version)
+    return recorded
+
+
+def resolve(target: Target, migration_set: MigrationSet, version: str, action: str, lock_wait: float = defaults.LOCK_WAIT,
+            config_name: str = "CONFIG") -> RunReport | None:
+    """Clear a failed or interrupted row: ``retry`` (forget it and apply again), ``mark-applied`` or ``forget``."""
+    set_id = migration_set.name
+    with target.lock(set_id, lock_wait):
+        target.ensure_ledger()
+        rows = target.applied(set_id)
+        row = rows.get(version)
+        if row is None:
+            raise ConfigError(f"{target.dbid}/{set_id}: {version!r} is not in the ledger; nothing to resolve")
+        if action != "forget" and row.status == "applied":
+            raise ConfigError(f"{target.dbid}/{set_id}: {version} is applied, not failed; nothing to resolve")
+        target.forget(set_id, version)
+        if action == "mark-applied":
+            migration = migration_set.get(version)
+            checksum = migration.script_for(target.driver).checksum if migration else None
+            target.record(set_id, version, checksum)
+            log.info("marked applied: %s", version)
+        else:
+            log.info("forgot: %s", version)
+    if action == "retry":
+        migration = migration_set.get(version)
+        if migration is None:
+            raise ConfigError(f"{set_id}: {version!r} is not in the set; use --forget")
+        return run(target, migration_set, limit=1, lock_wait=lock_wait, config_name=config_name)
+    return None

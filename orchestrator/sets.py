@@ -1,0 +1,319 @@
+"""Migration sets: what to run, never where.
+
+A set is a folder; each entry is one migration, ordered by name in byte order.
+Its version is the entry name without extension. An entry is a ``.sql`` file
+(any SQL engine), a ``.py`` file (``def up(db)``), a ``.redis`` command file, or
+a folder holding one file per engine (``postgresql.sql``, ``mysql.sql``,
+``sqlite.sql``, ``redis.redis``, ``up.py``, ``up.sql``). This module finds,
+orders, checksums and parses those files; it imports no database client.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import logging
+import os
+import re
+import shlex
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from orchestrator import defaults
+from orchestrator.errors import MigrationError, SetError
+
+__all__ = ["Migration", "MigrationSet", "Script", "discover", "numeric_order_warning", "ENGINE_FILES"]
+
+log = logging.getLogger("sets")
+
+_SUFFIXES = ((".up.sql", "sql"), (".sql", "sql"), (".py", "py"), (".redis", "redis"))
+ENGINE_FILES = {
+    "postgresql": ("postgresql.sql", "up.py", "up.sql"),
+    "mysql": ("mysql.sql", "up.py", "up.sql"),
+    "sqlite": ("sqlite.sql", "up.py", "up.sql"),
+    "redis": ("redis.redis", "up.py"),
+}
+"""Files a per-engine folder may hold, in the order a target of that engine looks for them."""
+_KIND_ENGINES = {"sql": ("postgresql", "mysql", "sqlite"), "py": ("postgresql", "mysql", "sqlite", "redis"), "redis": ("redis",)}
+_DIRECTIVE = re.compile(r"^\s*(?:--|#)\s*orchestrator\s*:\s*(.*?)\s*$", re.I)
+_DIRECTIVES = ("no-transaction",)
+_CHUNK = 1 << 20
+_warned: set[str] = set()
+_inspect_cache: dict[tuple[str, int, int], tuple[str, bool]] = {}
+_cache_guard = threading.Lock()
+
+
+def _warn_once(message: str) -> None:
+    # The daemon rescans sets every few seconds; say each thing once.
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
+@dataclass(frozen=True)
+class Script:
+    """The one file of a migration that a given engine runs."""
+
+    set_id: str
+    version: str
+    path: Path
+    kind: str  # "sql" | "py" | "redis"
+    label: str  # what messages call it: "s1/<version>.sql" or "s1/<version>/mysql.sql"
+
+    def _stat_key(self) -> tuple[str, int, int]:
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            raise SetError(f"{self.label}: cannot read: {exc.strerror}") from None
+        return (str(self.path), st.st_mtime_ns, st.st_size)
+
+    def inspect(self) -> tuple[str, bool]:
+        """(sha256 of the content, no-transaction directive), checked without keeping the file in memory.
+
+        Raises SetError for an unreadable or non-UTF-8 file or a misspelled directive.
+        """
+        key = self._stat_key()
+        with _cache_guard:
+            hit = _inspect_cache.get(key)
+        if hit:
+            return hit
+        digest = hashlib.sha256()
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        head = ""
+        offset = 0
+        try:
+            with self.path.open("rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    digest.update(chunk)
+                    try:
+                        text = decoder.decode(chunk)
+                    except UnicodeDecodeError as exc:
+                        raise SetError(f"{self.label}: not UTF-8 (byte {offset + exc.start})") from None
+                    if len(head) < 65536:
+                        head += text[:65536]
+                    offset += len(chunk)
+                try:
+                    decoder.decode(b"", final=True)
+                except UnicodeDecodeError:
+                    raise SetError(f"{self.label}: not UTF-8 (truncated character at the end)") from None
+        except OSError as exc:
+            raise SetError(f"{self.label}: cannot read: {exc.strerror}") from None
+        result = (digest.hexdigest(), self._directives(head))
+        with _cache_guard:
+            _inspect_cache[key] = result
+        return result
+
+    @property
+    def checksum(self) -> str:
+        return self.inspect()[0]
+
+    @property
+    def no_transaction(self) -> bool:
+        return self.inspect()[1]
+
+    def _directives(self, head: str) -> bool:
+        no_transaction = False
+        comment = "#" if self.kind in ("py", "redis") else "--"
+        for number, line in enumerate(head.lstrip("\ufeff").splitlines(), 1):
+            stripped = line.strip()
+            if not stripped:
+                continue
+            if not stripped.startswith(comment):
+                break  # directives live in the leading comment block only
+            m = _DIRECTIVE.match(stripped)
+            if m:
+                if m.group(1).lower() not in _DIRECTIVES:
+                    raise SetError(f"{self.label}:{number}: unknown directive {m.group(1)!r} (known: {', '.join(_DIRECTIVES)})")
+                no_transaction = True
+        return no_transaction
+
+    def text(self) -> str:
+        """The whole file as text (BOM removed); SetError if unreadable."""
+        try:
+            return self.path.read_text(encoding="utf-8").lstrip("\ufeff")
+        except UnicodeDecodeError as exc:
+            raise SetError(f"{self.label}: not UTF-8 (byte {exc.start})") from None
+        except OSError as exc:
+            raise SetError(f"{self.label}: cannot read: {exc.strerror}") from None
+
+    def statements(self, dialect: str) -> Iterator[Any]:
+        """Statements of a SQL script in file order (see :mod:`orchestrator.sqlsplit`)."""
+        from orchestrator.sqlsplit import split
+
+        return split(self.text(), dialect)
+
+    def prepare(self) -> None:
+        """Check everything that can be checked before anything runs: readable, UTF-8, directives, Python syntax."""
+        self.inspect()
+        if self.kind == "py":
+            try:
+                compile(self.text(), str(self.path), "exec")
+            except SyntaxError as exc:
+                raise MigrationError(self.label, f"syntax error: {exc.msg}", line=exc.lineno) from None
+
+    def load_up(self) -> Callable[[Any], Any]:
+        """Compile a Python migration and return its ``up(db)``.
+
+        Compiled from source rather than imported so that nothing (no ``__pycache__``)
+        is written into the set folder and nothing lingers in ``sys.modules``.
+        """
+        source = self.text()
+        try:
+            code = compile(source, str(self.path), "exec")
+        except SyntaxError as exc:
+            raise MigrationError(self.label, f"syntax error: {exc.msg}", line=exc.lineno) from None
+        namespace: dict[str, Any] = {"__name__": f"orchestrator_migration_{self.set_id}_{self.version}", "__file__": str(self.path)}
+        try:
+            exec(code, namespace)
+        except Exception as exc:  # a migration's import-time code is user code
+            raise MigrationError(self.label, f"loading failed: {type(exc).__name__}: {exc}") from None
+        up = namespace.get("up")
+        if not callable(up):
+            raise MigrationError(self.label, "defines no up(db) function")
+        return up
+
+    def redis_commands(self) -> list[tuple[int, list[str]]]:
+        """(line, argv) for each command of a ``.redis`` file, quoted as in redis-cli."""
+        commands = []
+        for number, line in enumerate(self.text().splitlines(), 1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            try:
+                argv = shlex.split(stripped, posix=True)
+            except ValueError as exc:
+                raise MigrationError(self.label, f"cannot parse command: {exc}", line=number) from None
+            commands.append((number, argv))
+        return commands
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One entry of a set: a single file, or a folder with one file per engine."""
+
+    set_id: str
+    version: str
+    path: Path
+    kind: str  # "sql" | "py" | "redis" | "folder"
+    files: tuple[str, ...] = ()  # for folders: the engine files present
+
+    @property
+    def label(self) -> str:
+        return f"{self.set_id}/{self.path.name}"
+
+    def script_for(self, driver: str) -> Script:
+        """The file a target of ``driver`` runs; MigrationError if this migration has none for it."""
+        if self.kind != "folder":
+            if driver not in _KIND_ENGINES[self.kind]:
+                raise MigrationError(self.label, f"no file for {driver} ({self.kind} migrations run on {', '.join(_KIND_ENGINES[self.kind])})")
+            return Script(self.set_id, self.version, self.path, self.kind, self.label)
+        for name in ENGINE_FILES[driver]:
+            if name in self.files:
+                kind = name.rsplit(".", 1)[1]
+                return Script(self.set_id, self.version, self.path / name, kind, f"{self.label}/{name}")
+        raise MigrationError(self.label, f"no file for {driver} (has {', '.join(self.files)}; add {ENGINE_FILES[driver][0]} or {ENGINE_FILES[driver][1]})")
+
+
+@dataclass(frozen=True)
+class MigrationSet:
+    """A set's migrations in apply order."""
+
+    name: str
+    folder: Path
+    migrations: tuple[Migration, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def versions(self) -> list[str]:
+        return [m.version for m in self.migrations]
+
+    def get(self, version: str) -> Migration | None:
+        for m in self.migrations:
+            if m.version == version:
+                return m
+        return None
+
+
+def _classify(entry: os.DirEntry[str], set_name: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """(version, kind, files) for a usable entry; None (after a warning) otherwise."""
+    name = entry.name
+    where = f"{set_name}/{name}"
+    if entry.is_dir():
+        files = set()
+        for child in os.scandir(entry.path):
+            if child.name.startswith(".") or child.name == "__pycache__":
+                continue
+            if child.is_file() and any(child.name in names for names in ENGINE_FILES.values()):
+                files.add(child.name)
+            else:
+                _warn_once(f"{where}/{child.name}: ignored (a migration folder holds {', '.join(sorted({n for v in ENGINE_FILES.values() for n in v}))})")
+        if not files:
+            raise SetError(f"{where}: migration folder holds no migration file")
+        if "up.py" in files and "up.sql" in files:
+            raise SetError(f"{where}: holds both up.py and up.sql; keep one generic file")
+        return name, "folder", tuple(sorted(files))
+    if name.endswith(".down.sql"):
+        _warn_once(f"{where}: ignored (migrations are forward-only; down files are not run)")
+        return None
+    for suffix, kind in _SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], kind, ()
+    _warn_once(f"{where}: ignored (unknown extension; use .sql, .py, .redis or a folder)")
+    return None
+
+
+def discover(name: str, folder: Path) -> MigrationSet:
+    """Read a set folder: its migrations in byte order of their names.
+
+    Raises SetError for a missing folder, duplicate versions or an over-long version.
+    """
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name.encode("utf-8", "surrogateescape"))
+    except OSError as exc:
+        raise SetError(f"{folder}: cannot read set {name!r}: {exc.strerror}") from None
+    migrations: list[Migration] = []
+    seen: dict[str, str] = {}
+    warnings: list[str] = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            _warn_once(f"{name}/{entry.name}: ignored (hidden)")
+            continue
+        if entry.name == "__pycache__":
+            continue
+        classified = _classify(entry, name)
+        if classified is None:
+            continue
+        version, kind, files = classified
+        if version in seen:
+            raise SetError(f"{name}/{entry.name}: duplicate version {version!r} (also {name}/{seen[version]})")
+        if len(version) > defaults.VERSION_MAX_LENGTH:
+            raise SetError(f"{name}/{entry.name}: version is longer than {defaults.VERSION_MAX_LENGTH} characters")
+        seen[version] = entry.name
+        migrations.append(Migration(name, version, Path(entry.path), kind, files))
+    result = MigrationSet(name, folder, tuple(migrations), tuple(warnings))
+    warning = numeric_order_warning(result)
+    if warning:
+        _warn_once(warning)
+    return result
+
+
+_NUMERIC_PREFIX = re.compile(r"^(\d+)")
+
+
+def numeric_order_warning(migration_set: MigrationSet) -> str | None:
+    """A warning when numeric version prefixes are not zero-padded, so name order differs from numeric order."""
+    numbers = []
+    for m in migration_set.migrations:
+        match = _NUMERIC_PREFIX.match(m.version)
+        if not match:
+            return None
+        numbers.append(int(match.group(1)))
+    for migration, number, previous in zip(migration_set.migrations[1:], numbers[1:], numbers):
+        if number < previous:
+            return (
+                f"{migration_set.name}: numeric version prefixes are not zero-padded, so name order is not numeric order "
+                f"({migration.version!r} sorts after a larger number); rename them with zero padding or timestamps"
+            )
+    return None

@@ -1,0 +1,129 @@
+"""Targets: where migrations run. One module per engine behind one small protocol.
+
+To add an engine:
+
+1. write ``orchestrator/targets/<driver>.py`` with a class implementing :class:`Target`
+   (subclass :class:`orchestrator.targets._sql.SqlTarget` for a SQL engine: it
+   already holds the ledger logic, statement execution and Python migrations);
+2. add its config entry model to :mod:`orchestrator.config` and register the
+   driver name used in dbids in ``_REGISTRY`` below;
+3. add it to the ``target`` fixture so that ``tests/contract`` passes for it, and
+   put its quirks in ``tests/targets/test_<driver>.py``.
+
+Guidelines: a target never touches the filesystem for migrations (it receives a
+:class:`~orchestrator.sets.Script`), takes its settings only from its config
+entry, and never puts a DSN or password into an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from orchestrator.config import DatabaseConfig
+    from orchestrator.sets import Script
+
+__all__ = ["Target", "LedgerRow", "Applied", "open_target", "runner_identity"]
+
+_REGISTRY = {
+    "sqlite": "orchestrator.targets.sqlite:SqliteTarget",
+    "postgresql": "orchestrator.targets.postgresql:PostgresqlTarget",
+    "mysql": "orchestrator.targets.mysql:MysqlTarget",
+    "redis": "orchestrator.targets.redis:RedisTarget",
+}
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One recorded migration as the target's ledger holds it.
+
+    ``status`` is ``applied``, or on engines without transactional DDL ``running``
+    (started, outcome unknown) or ``failed``. Rows adopted from a C-tool ledger
+    have ``set_id == ""`` and no checksum.
+    """
+
+    version: str
+    apply_time: int
+    set_id: str = ""
+    checksum: str | None = None
+    duration_ms: int | None = None
+    status: str = "applied"
+    statement: int | None = None
+    error: str | None = None
+    applied_by: str | None = None
+
+    @property
+    def legacy(self) -> bool:
+        return self.set_id == ""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one successful ``apply`` did."""
+
+    version: str
+    statements: int
+    duration_ms: int
+
+
+class Target(Protocol):
+    """A database that migrations are applied to and that records them itself.
+
+    The runner calls, in this order: ``connect``; ``applied`` (read-only: it never
+    creates the ledger, so status and plan change nothing); then, only when work is
+    pending, ``lock`` around ``ensure_ledger``, ``applied`` again and one ``apply``
+    per migration; finally ``close``. Instances are used by one thread at a time.
+    """
+
+    driver: str
+    dbid: str
+
+    def connect(self, readonly: bool = False) -> None:
+        """Open the one connection used for the whole run. Raises TargetUnreachable.
+
+        ``readonly`` promises that only ``applied`` follows (SQLite then opens the
+        file read-only and does not create it).
+        """
+
+    def close(self) -> None:
+        """Release the lock if held and close the connection; never raises."""
+
+    def applied(self, set_id: str) -> dict[str, LedgerRow]:
+        """Ledger rows of ``set_id`` plus adopted C-tool rows, by version; {} when there is no ledger yet."""
+
+    def lock(self, set_id: str, wait: float) -> AbstractContextManager[None]:
+        """Hold the (target, set) lock for the block; raise LockHeld after polling for ``wait`` seconds."""
+
+    def ensure_ledger(self) -> None:
+        """Create the ledger, or upgrade an older one (a C-tool table) through numbered steps."""
+
+    def apply(self, script: Script) -> Applied | None:
+        """Run one migration and record it as one unit.
+
+        Returns None when the ledger already holds the version (another runner won
+        the race; checked inside the unit). Raises MigrationError on failure, after
+        rolling back (transactional engines) or recording a failed row (others).
+        """
+
+    def record(self, set_id: str, version: str, checksum: str | None) -> None:
+        """Mark a version applied without running it (baseline, ``resolve --mark-applied``)."""
+
+    def forget(self, set_id: str, version: str) -> None:
+        """Delete a version's row (``resolve --forget`` and ``--retry``)."""
+
+
+def open_target(db: DatabaseConfig, table: str) -> Target:
+    """A new, unconnected target for a config entry; engine modules load on first use."""
+    module_name, _, class_name = _REGISTRY[db.driver].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(db, table)
+
+
+def runner_identity() -> str:
+    """``host pid N``: who applied a row or holds a lock, for people reading status."""
+    return f"{socket.gethostname()} pid {os.getpid()}"
