@@ -99,6 +99,9 @@ class Target(Protocol):
     def lock(self, set_id: str, wait: float) -> AbstractContextManager[None]:
         """Hold the (target, set) lock for the block; raise LockHeld after polling for ``wait`` seconds."""
 
+    def holder(self, set_id: str) -> str | None:
+        """Who holds the (target, set) lock right now (``host pid N``, or "" if unknown), None when free; read-only."""
+
     def ensure_ledger(self) -> None:
         """Create the ledger, or upgrade an older one (a C-tool table) through numbered steps."""
 

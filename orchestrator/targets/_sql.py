@@ -144,6 +144,10 @@ class SqlTarget:
     def _lock_holder(self, set_id: str) -> str:
         return ""
 
+    def holder(self, set_id: str) -> str | None:
+        """None: engines whose lock is per transaction cannot tell from outside; subclasses that can, do."""
+        return None
+
     def _error_message(self, exc: BaseException, statement: Any) -> tuple[str, int | None]:
         """(server message, file line) for a failed statement."""
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, statement.line if statement else None
