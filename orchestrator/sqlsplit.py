@@ -86,8 +86,8 @@ _BLOCK_COMMENT = r"/\*(?:[^*]++|\*(?!/))*+\*/"
 _PG_TOKENS = (
     # '...' ('' is a quote), unless a lone E prefixes it
     rf"(?:(?<![eE])|(?<=[{_IDCH}][eE]))'[^']*+'"
-    # E'...' also takes backslash escapes
-    rf"|(?<=[eE])'(?:[^'\\]++|\\[\s\S])*+'"
+    # E'...' also takes backslash escapes ('' still doubles, and the escapes go on after it)
+    rf"|(?<=[eE])'(?:[^'\\]++|\\[\s\S]|'')*+'"
     r'|"[^"]*+"'
     r"|--[^\n]*+"
     # a comment holding no nested /*; the others go to _pg_comment_end
@@ -269,10 +269,11 @@ def _my_run(delimiter: str) -> re.Pattern[str]:
             run = re.compile("(?:" + plain + "|" + _MY_TOKENS + ")*+")
         else:
             # The delimiter wins over a quote or comment starting at the same place,
-            # as in the client; a lone first character of it is ordinary text.
+            # as in the client; a lone first character of it is ordinary text
+            # (the tokens already take a lone '-', '/' or '#').
+            lone = "" if head in "'\"`#-/;" else "|" + re.escape(head)
             run = re.compile(
-                "(?:(?!" + re.escape(delimiter) + ")(?:" + plain + "|" + _MY_TOKENS
-                + "|" + re.escape(head) + "|;))*+"
+                "(?:(?!" + re.escape(delimiter) + ")(?:" + plain + "|" + _MY_TOKENS + lone + "|;))*+"
             )
         _MY_RUNS[delimiter] = run
     return run
