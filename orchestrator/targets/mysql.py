@@ -1,0 +1,359 @@
+"""MySQL / MariaDB target over PyMySQL.
+
+One connection per run, in autocommit mode, without TLS unless the config asks
+for it (PyMySQL otherwise builds a TLS context on every connect). MySQL commits
+DDL implicitly, so a migration cannot run in one transaction with its ledger
+row; this target uses golang-migrate's dirty flag instead: a ``running`` row is
+written before the first statement, and marked ``applied`` after the last one or
+``failed`` (with the statement number and the server's message) at the first
+error. A failed or running row blocks the set until ``orchestrator resolve``.
+The (target, set) lock is ``GET_LOCK(name, 0)`` polled; creating or upgrading
+the ledger takes a second, ledger-wide named lock so that runners of different
+sets cannot collide. The ledger table is always qualified with the database
+name, so a script's ``USE other_db`` cannot send ledger writes elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from orchestrator import defaults
+from orchestrator.errors import ConfigError, LockHeld, MigrationError, TargetUnreachable
+from orchestrator.redact import redact
+from orchestrator.targets import Applied
+from orchestrator.targets._sql import SqlTarget
+
+if TYPE_CHECKING:
+    from orchestrator.sets import Script
+
+__all__ = ["MysqlTarget", "lock_name"]
+
+log = logging.getLogger("migrations")
+
+_LOCK_NAME_MAX = 64  # MySQL refuses longer GET_LOCK names
+_ERROR_MAX = 2000  # characters of a server message kept in the ledger's error column
+_SERVER_STATUS_IN_TRANS = 1
+_ER_DUP_ENTRY = 1062
+_ER_NO_SUCH_TABLE = 1146
+_ER_BAD_FIELD = 1054
+_ER_PARSE = 1064
+# Client-side codes for a connection that is gone (CR_SERVER_GONE_ERROR, CR_SERVER_LOST, ...)
+# and the server's "connection was killed".
+_CONNECTION_LOST = {2006, 2013, 2055, 1927}
+_CONNECT_HINTS = {
+    1044: "grant the user access to this database",
+    1045: "check user and password in the config",
+    1049: "create the database or fix dbname in the config",
+    2003: "is the server running and listening there?",
+    2026: "the server does not offer TLS; set tls to false or enable TLS on the server",
+}
+_AT_LINE = re.compile(r" at line (\d+)\s*$")
+_MAYBE_USE = re.compile(r"(?:^|;)\s*use\s", re.I | re.M)
+
+
+def lock_name(dbname: str, table: str, scope: str) -> str:
+    """The GET_LOCK name for one scope (a set id, or ``""`` for the whole ledger) of one ledger.
+
+    Named locks are server-wide, so the database and ledger table are part of the
+    name; names longer than MySQL's 64-character limit are hashed.
+    """
+    name = f"orchestrator:{dbname}.{table}" + (f":{scope}" if scope else "")
+    if len(name) > _LOCK_NAME_MAX:
+        prefix = "orchestrator:"
+        name = prefix + hashlib.sha256(name.encode("utf-8")).hexdigest()[: _LOCK_NAME_MAX - len(prefix)]
+    return name
+
+
+def _errno(exc: BaseException) -> int | None:
+    args = getattr(exc, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _server_text(exc: BaseException) -> str:
+    args = getattr(exc, "args", ())
+    text = str(args[1]) if len(args) > 1 else str(exc)
+    text = " ".join(text.split())  # one line, whatever the server sent
+    return text or type(exc).__name__
+
+
+class MysqlTarget(SqlTarget):
+    """Target protocol for MySQL and MariaDB; the dirty-flag ledger replaces transactions."""
+
+    driver = "mysql"
+    dialect = "mysql"
+    placeholder = "%s"
+    transactional_ddl = False
+
+    # -- connection ------------------------------------------------------------
+
+    def connect(self, readonly: bool = False) -> None:
+        import pymysql  # lazily: the CLI must start without loading drivers
+
+        db = self.db
+        if pymysql.charset.charset_by_name(db.charset) is None:
+            raise ConfigError(f"{self.dbid}: charset {db.charset!r} is not a MySQL character set (e.g. utf8mb4)")
+        if db.tls:
+            # Encrypted and refused without TLS, as --ssl-mode=REQUIRED; the
+            # certificate is not verified (a bare flag names no CA to verify against).
+            tls: dict[str, Any] = {"ssl": {"ca": None}}
+        else:
+            tls = {"ssl_disabled": True}
+        try:
+            self.connection = pymysql.connect(
+                host=db.ip,
+                port=db.port,
+                user=db.user or None,
+                # Encoded here: PyMySQL would encode a str password as latin-1.
+                password=db.password.get_secret_value().encode("utf-8"),
+                database=db.dbname,
+                charset=db.charset,
+                connect_timeout=db.timeout,
+                autocommit=True,
+                local_infile=False,
+                program_name="orchestrator",
+                **tls,
+            )
+        except pymysql.err.MySQLError as exc:
+            self.connection = None
+            code = _errno(exc)
+            hint = _CONNECT_HINTS.get(code or 0, "")
+            where = f"{db.ip}:{db.port}/{db.dbname}"
+            cause = f"{where}: error {code}: {_server_text(exc)}" + (f"; {hint}" if hint else "")
+            raise TargetUnreachable(self.dbid, redact(cause)) from None
+        except OSError as exc:  # e.g. TLS handshake failures surface as ssl.SSLError
+            self.connection = None
+            raise TargetUnreachable(self.dbid, redact(f"{db.ip}:{db.port}/{db.dbname}: {exc}")) from None
+
+    def _driver_errors(self) -> tuple[type[BaseException], ...]:
+        import pymysql
+
+        return (pymysql.err.MySQLError,)
+
+    def _execute(self, sql: str, params: Any = None) -> Any:
+        try:
+            return super()._execute(sql, params)
+        except self._driver_errors() as exc:
+            if self._is_connection_lost(exc):
+                raise TargetUnreachable(self.dbid, f"lost the connection: {_server_text(exc)}") from None
+            raise
+
+    def _is_connection_lost(self, exc: BaseException) -> bool:
+        import pymysql
+
+        return _errno(exc) in _CONNECTION_LOST or (isinstance(exc, pymysql.err.InterfaceError) and _errno(exc) == 0)
+
+    # -- ledger ----------------------------------------------------------------
+
+    def _quote(self, name: str) -> str:
+        return "`" + name.replace("`", "``") + "`"
+
+    def _qualified_table(self) -> str:
+        return f"{self._quote(self.db.dbname)}.{self._quote(self.table)}"
+
+    def _is_missing_table(self, exc: BaseException) -> bool:
+        return _errno(exc) == _ER_NO_SUCH_TABLE
+
+    def _is_missing_column(self, exc: BaseException) -> bool:
+        return _errno(exc) == _ER_BAD_FIELD
+
+    def _ledger_info(self) -> dict[str, tuple[str, int | None, bool, str]]:
+        """Column name -> (data type, character length, nullable, key) of the ledger table; {} when absent."""
+        rows = self._execute(
+            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH, IS_NULLABLE, COLUMN_KEY "
+            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (self.db.dbname, self.table),
+        )
+        return {name.lower(): (dtype.lower(), length, nullable == "YES", key) for name, dtype, length, nullable, key in rows or []}
+
+    def _ledger_columns(self) -> set[str]:
+        return set(self._ledger_info())
+
+    def _create_ledger_sql(self) -> list[str]:
+        # utf8mb4_bin: versions compare byte by byte as the set orders them. The key
+        # is 4 * (100 + 180) = 1120 bytes: within InnoDB's 3072-byte key limit, and
+        # each column within the 767-byte limit of the old COMPACT row format.
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self._qualified_table()} ("
+            "set_id VARCHAR(100) NOT NULL DEFAULT '', "
+            f"version VARCHAR({defaults.VERSION_MAX_LENGTH}) NOT NULL, "
+            "apply_time BIGINT NOT NULL, "
+            "checksum CHAR(64) NULL, "
+            "duration_ms BIGINT NULL, "
+            "status VARCHAR(16) NOT NULL DEFAULT 'applied', "
+            "statement INT NULL, "
+            "error TEXT NULL, "
+            "applied_by VARCHAR(255) NULL, "
+            "PRIMARY KEY (set_id, version)"
+            ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+        ]
+
+    def _upgrade_1_to_2_sql(self) -> list[str]:
+        """Adopt a C-tool ``migration(version, apply_time)``: one ALTER, rows kept.
+
+        The C tool may keep inserting (version, apply_time) alone, so every new
+        column is nullable or has a default.
+        """
+        info = self._ledger_info()
+        t = self._qualified_table()
+        length = max(defaults.VERSION_MAX_LENGTH, info.get("version", ("", 0, False, ""))[1] or 0)
+        has_primary = any(key == "PRI" for _, _, _, key in info.values())
+        steps = []
+        if "apply_time" in info:
+            if info["apply_time"][2]:
+                steps.append(f"UPDATE {t} SET apply_time = 0 WHERE apply_time IS NULL")
+            apply_time = "MODIFY apply_time BIGINT NOT NULL DEFAULT 0"
+        else:
+            apply_time = "ADD COLUMN apply_time BIGINT NOT NULL DEFAULT 0 AFTER version"
+        alter = [
+            "ADD COLUMN set_id VARCHAR(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT '' FIRST",
+            f"MODIFY version VARCHAR({length}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL",
+            apply_time,
+            "ADD COLUMN checksum CHAR(64) NULL",
+            "ADD COLUMN duration_ms BIGINT NULL",
+            "ADD COLUMN status VARCHAR(16) NOT NULL DEFAULT 'applied'",
+            "ADD COLUMN statement INT NULL",
+            "ADD COLUMN error TEXT NULL",
+            "ADD COLUMN applied_by VARCHAR(255) NULL",
+        ]
+        if has_primary:
+            alter.append("DROP PRIMARY KEY")
+        alter.append("ADD PRIMARY KEY (set_id, version)")
+        steps.append(f"ALTER TABLE {t} " + ", ".join(alter))
+        return steps
+
+    def ensure_ledger(self) -> None:
+        # Usually the ledger is current: one catalog read, no lock.
+        if "set_id" in self._ledger_columns():
+            return
+        # Runners of different sets hold different set locks; this ledger-wide lock
+        # keeps their CREATE or upgrade ALTER from colliding. Check again under it.
+        name = lock_name(self.db.dbname, self.table, "")
+        got = self._execute("SELECT GET_LOCK(%s, %s)", (name, defaults.LOCK_WAIT))
+        if not got or got[0][0] != 1:
+            raise LockHeld(self.dbid, "(ledger)", self._holder_of(name) or "")
+        try:
+            super().ensure_ledger()
+        finally:
+            try:
+                self._execute("SELECT RELEASE_LOCK(%s)", (name,))
+            except Exception as exc:  # closing the session releases it anyway
+                log.debug("%s: releasing the ledger lock failed: %s", self.dbid, exc)
+
+    # -- locking ---------------------------------------------------------------
+
+    def _lock_name(self, set_id: str) -> str:
+        return lock_name(self.db.dbname, self.table, set_id)
+
+    def _try_lock(self, set_id: str) -> bool:
+        # Non-blocking: SqlTarget.lock polls, so a held lock is reported, never waited on forever.
+        rows = self._execute("SELECT GET_LOCK(%s, 0)", (self._lock_name(set_id),))
+        return bool(rows) and rows[0][0] == 1
+
+    def _unlock(self, set_id: str) -> None:
+        self._execute("SELECT RELEASE_LOCK(%s)", (self._lock_name(set_id),))
+
+    def _lock_holder(self, set_id: str) -> str:
+        try:
+            return self.holder(set_id) or ""
+        except Exception:  # naming the holder is a courtesy; the lock is held either way
+            return ""
+
+    def _holder_of(self, name: str) -> str | None:
+        rows = self._execute("SELECT IS_USED_LOCK(%s)", (name,))
+        conn_id = rows[0][0] if rows else None
+        if conn_id is None:
+            return None
+        # Without the PROCESS privilege other users' sessions are invisible: the id alone then.
+        info = self._execute("SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = %s", (conn_id,))
+        return f"connection {conn_id}" + (f" from {info[0][0]}" if info and info[0][0] else "")
+
+    def holder(self, set_id: str) -> str | None:
+        """``connection N from host:port`` (plus the migration it runs, when inside one), None when free."""
+        who = self._holder_of(self._lock_name(set_id))
+        if who is None:
+            return None
+        try:
+            rows = self._execute(
+                f"SELECT version, applied_by FROM {self._qualified_table()} WHERE set_id = %s AND status = 'running' "
+                "ORDER BY apply_time DESC LIMIT 1",
+                (set_id,),
+            )
+        except self._driver_errors():
+            rows = None  # no ledger yet
+        if rows:
+            who += f" ({rows[0][1]}, applying {rows[0][0]})" if rows[0][1] else f" (applying {rows[0][0]})"
+        return who
+
+    # -- applying --------------------------------------------------------------
+
+    def _error_message(self, exc: BaseException, statement: Any) -> tuple[str, int | None]:
+        text = _server_text(exc)
+        code = _errno(exc)
+        line = statement.line if statement else None
+        m = _AT_LINE.search(text)
+        if m and line is not None and code == _ER_PARSE:
+            # The server counts lines from the statement's start; report the file's line.
+            line += int(m.group(1)) - 1
+        return (f"error {code}: {text}" if code else text), line
+
+    def apply(self, script: Script) -> Applied | None:
+        """Run one migration under the dirty flag; None when another runner recorded it first."""
+        import pymysql
+
+        checksum, _ = script.inspect()
+        up = script.load_up() if script.kind == "py" else None
+        started = time.monotonic()
+        # Claim the version first: the primary key makes a racing runner's insert fail.
+        try:
+            self._insert_row(script.set_id, script.version, checksum, None, status="running")
+        except pymysql.err.IntegrityError as exc:
+            if _errno(exc) == _ER_DUP_ENTRY:
+                return None
+            raise
+        try:
+            count = self._run_body(script, up, in_transaction=False)
+            self._end_of_migration(script)
+        except MigrationError as exc:
+            self._record_failure(script, exc, started)
+            raise
+        duration = int((time.monotonic() - started) * 1000)
+        self._execute(
+            f"UPDATE {self._qualified_table()} SET status = 'applied', apply_time = %s, duration_ms = %s, "
+            "statement = NULL, error = NULL WHERE set_id = %s AND version = %s",
+            (int(time.time()), duration, script.set_id, script.version),
+        )
+        return Applied(script.version, count, duration)
+
+    def _end_of_migration(self, script: Script) -> None:
+        """Leave the session as the next migration expects it: no open transaction, autocommit, our database."""
+        conn = self.connection
+        if conn.server_status & _SERVER_STATUS_IN_TRANS:
+            # The mariadb client would disconnect and the server roll it back: the same here, and say so.
+            self._execute("ROLLBACK")
+            if not conn.get_autocommit():
+                conn.autocommit(True)
+            raise MigrationError(script.label, "left a transaction open (no COMMIT at the end); its uncommitted changes were rolled back")
+        if not conn.get_autocommit():
+            conn.autocommit(True)
+        if script.kind == "py" or _MAYBE_USE.search(script.text()):
+            conn.select_db(self.db.dbname)
+
+    def _record_failure(self, script: Script, exc: MigrationError, started: float) -> None:
+        # Keep the first failure: if the failed row cannot be written, the running
+        # row stays (it blocks the set as "interrupted") and the original error is raised.
+        try:
+            self._execute("ROLLBACK")  # a transaction the script opened ends with it, as with the mariadb client
+            if not self.connection.get_autocommit():
+                self.connection.autocommit(True)
+            self._execute(
+                f"UPDATE {self._qualified_table()} SET status = 'failed', statement = %s, error = %s, duration_ms = %s "
+                "WHERE set_id = %s AND version = %s",
+                (exc.statement, redact(exc.message)[:_ERROR_MAX], int((time.monotonic() - started) * 1000),
+                 script.set_id, script.version),
+            )
+        except Exception as other:
+            log.warning("%s: could not record the failure of %s (%s); the ledger shows it as running", self.dbid, script.label, other)
