@@ -23,6 +23,26 @@ from typing import Callable, Iterator
 __all__ = ["Statement", "split", "line_of"]
 
 
+class _Lazy:
+    """A module-level pattern compiled on first use.
+
+    The PostgreSQL patterns alone take ~150 ms to compile; a run that splits only
+    SQLite (or nothing) should not pay that at import. The first attribute access
+    compiles and rebinds the module global, so later lookups get the real pattern.
+    """
+
+    __slots__ = ("_name", "_args")
+
+    def __init__(self, name: str, *args: object):
+        self._name = name
+        self._args = args
+
+    def __getattr__(self, attr: str) -> object:
+        compiled = re.compile(*self._args)  # type: ignore[call-overload]
+        globals()[self._name] = compiled
+        return getattr(compiled, attr)
+
+
 @dataclass(frozen=True, slots=True)
 class Statement:
     """One statement of a script, as sent to the server."""
@@ -111,20 +131,20 @@ def _pg_parens(levels: int) -> str:
 
 
 _PG_PARENS = _pg_parens(3)
-_PG_RUN = re.compile(r"""(?:[^'"$;\-/()]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*+")
-_PG_RUN_IN_PARENS = re.compile(r"""(?:[^'"$\-/()]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*+")
+_PG_RUN = _Lazy("_PG_RUN", r"""(?:[^'"$;\-/()]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*+")
+_PG_RUN_IN_PARENS = _Lazy("_PG_RUN_IN_PARENS", r"""(?:[^'"$\-/()]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*+")
 # In CREATE FUNCTION/PROCEDURE, also stop at BEGIN, CASE and END.
-_PG_RUN_ROUTINE = re.compile(
+_PG_RUN_ROUTINE = _Lazy("_PG_RUN_ROUTINE", 
     rf"""(?:[^'"$;\-/(){_IDSTART}]++"""
     rf"|(?!(?i:begin|case|end)(?![{_IDCH}]))[{_IDSTART}][{_IDCH}]*+"
     "|" + _PG_TOKENS + "|" + _PG_PARENS + ")*+"
 )
-_PG_WORD = re.compile(rf"[{_IDSTART}][{_IDCH}]*+")
-_PG_DOLLAR = re.compile(rf"\$(?:[{_IDSTART}][0-9A-Za-z_\x80-\U0010ffff]*+)?\$")
-_PG_LEAD = re.compile(r"(?:\s++|--[^\n]*+|/\*(?:[^*/]++|\*(?!/)|/(?!\*))*+\*/)*+")
-_PG_NESTED = re.compile(r"/\*|\*/")
+_PG_WORD = _Lazy("_PG_WORD", rf"[{_IDSTART}][{_IDCH}]*+")
+_PG_DOLLAR = _Lazy("_PG_DOLLAR", rf"\$(?:[{_IDSTART}][0-9A-Za-z_\x80-\U0010ffff]*+)?\$")
+_PG_LEAD = _Lazy("_PG_LEAD", r"(?:\s++|--[^\n]*+|/\*(?:[^*/]++|\*(?!/)|/(?!\*))*+\*/)*+")
+_PG_NESTED = _Lazy("_PG_NESTED", r"/\*|\*/")
 _PG_SEP = r"(?:\s++|--[^\n]*+|" + _BLOCK_COMMENT + ")+"
-_PG_ROUTINE = re.compile(
+_PG_ROUTINE = _Lazy("_PG_ROUTINE", 
     rf"create{_PG_SEP}(?:or{_PG_SEP}replace{_PG_SEP})?(?:function|procedure)(?![{_IDCH}])",
     re.IGNORECASE,
 )
@@ -228,10 +248,10 @@ _MY_TOKENS = (
 )
 _MY_COMMENT = r"#[^\n]*+|--(?=\s|\Z)[^\n]*+|" + _BLOCK_COMMENT
 # /*! and /*M! hold code the server runs, so they are never leading comments.
-_MY_LEAD = re.compile(r"(?:\s++|#[^\n]*+|--(?=\s|\Z)[^\n]*+|/\*(?!!|M!)(?:[^*]++|\*(?!/))*+\*/)*+")
-_MY_DELIMITER = re.compile(r"delimiter[ \t]+([^\n]*)", re.IGNORECASE)
+_MY_LEAD = _Lazy("_MY_LEAD", r"(?:\s++|#[^\n]*+|--(?=\s|\Z)[^\n]*+|/\*(?!!|M!)(?:[^*]++|\*(?!/))*+\*/)*+")
+_MY_DELIMITER = _Lazy("_MY_DELIMITER", r"delimiter[ \t]+([^\n]*)", re.IGNORECASE)
 _MY_QUOTED_NAME = r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|`[^`]*`"""
-_MY_COMPOUND = re.compile(
+_MY_COMPOUND = _Lazy("_MY_COMPOUND", 
     r"(?:create\s+(?:or\s+replace\s+)?"
     r"(?:definer\s*=\s*(?:current_user(?:\s*\(\s*\))?|(?:"
     + _MY_QUOTED_NAME
@@ -244,15 +264,15 @@ _MY_COMPOUND = re.compile(
     rf"(?![{_IDCH}])",
     re.IGNORECASE,
 )
-_MY_RUN_COMPOUND = re.compile(
+_MY_RUN_COMPOUND = _Lazy("_MY_RUN_COMPOUND", 
     rf"""(?:[^'"`#;\-/{_IDCH}]++"""
     # a word that is not BEGIN/CASE/END, or is a column (t.end)
     rf"|(?:(?<=\.)|(?!(?i:begin|case|end)(?![{_IDCH}])))[{_IDCH}]++"
     "|" + _MY_TOKENS + ")*+"
 )
-_MY_WORD = re.compile(rf"[{_IDCH}]++")
+_MY_WORD = _Lazy("_MY_WORD", rf"[{_IDCH}]++")
 # After END: IF/LOOP/WHILE/REPEAT/FOR close blocks whose openers were not counted.
-_MY_END_SUFFIX = re.compile(
+_MY_END_SUFFIX = _Lazy("_MY_END_SUFFIX", 
     r"(?:\s++|" + _MY_COMMENT + r")*+(?:(if|loop|while|repeat|for)|case)" + rf"(?![{_IDCH}])",
     re.IGNORECASE,
 )
@@ -346,12 +366,12 @@ def _scan_mysql(text: str) -> Iterator[tuple[int, int]]:
 
 # SQLite ends an unterminated /* or -- comment at the end of input without error.
 _SQ_COMMENT = r"--[^\n]*+|/\*(?:[^*]++|\*(?!/))*+(?:\*/|\Z)"
-_SQ_RUN = re.compile(
+_SQ_RUN = _Lazy("_SQ_RUN", 
     r"""(?:[^'"`\[;\-/]++|'[^']*+'|"[^"]*+"|`[^`]*+`|\[[^\]]*+\]|"""
     + _SQ_COMMENT
     + r"|-|/(?!\*))*+"
 )
-_SQ_LEAD = re.compile(r"(?:\s++|" + _SQ_COMMENT + ")*+")
+_SQ_LEAD = _Lazy("_SQ_LEAD", r"(?:\s++|" + _SQ_COMMENT + ")*+")
 # sqlite3_complete() is a state machine; a ';' that does not complete a statement
 # leaves it in the "';' inside a trigger body" state, whatever came before. This
 # prefix recreates that state, so each check reads only the text since the last ';'

@@ -24,6 +24,16 @@ MYSQL = {"ip": os.environ.get("TEST_MYSQL_HOST", "127.0.0.1"), "port": int(os.en
 REDIS = {"ip": os.environ.get("TEST_REDIS_HOST", "127.0.0.1"), "port": int(os.environ.get("TEST_REDIS_PORT", "6379")),
          "password": os.environ.get("TEST_REDIS_PASSWORD", "")}
 ENGINES = ("sqlite", "postgresql", "mysql", "redis")
+REALWORLD = Path(os.environ.get("ORCHESTRATOR_REALWORLD", Path(__file__).resolve().parents[2] / "shared" / "realworld"))
+"""Real migration sets of other projects; CI clones the repo with shared/ beside it."""
+
+
+def realworld(name: str) -> Path:
+    """A real-world set folder; a missing one fails the test (it is part of the suite's fixtures)."""
+    folder = REALWORLD / name
+    if not folder.is_dir():
+        pytest.fail(f"{folder} not found: set ORCHESTRATOR_REALWORLD to the folder holding the real-world sets")
+    return folder
 
 
 def unique(prefix: str = "orch") -> str:

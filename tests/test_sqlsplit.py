@@ -8,7 +8,6 @@ and the mariadb client's own per-statement output.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import sqlite3
@@ -17,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.sqlsplit import Statement, line_of, split
+from tests.conftest import realworld
 
-REALWORLD = Path(os.environ.get("ORCHESTRATOR_REALWORLD", "/work/shared/realworld"))
 
 
 def texts(sql: str, dialect: str) -> list[str]:
@@ -499,9 +498,7 @@ def test_sqlite_long_unfinished_trigger_stays_linear() -> None:
 
 
 def _realworld(name: str) -> list[Path]:
-    folder = REALWORLD / name
-    if not folder.is_dir():
-        pytest.skip(f"{folder} not present")
+    folder = realworld(name)
     return sorted(folder.glob("*.sql"), key=lambda p: int(p.name.split("_", 1)[0]))
 
 
