@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from orchestrator import defaults
 from orchestrator.errors import ConfigError, FailedState, MigrationError
@@ -158,17 +158,19 @@ def resolve(target: Target, migration_set: MigrationSet, version: str, action: s
             raise ConfigError(f"{target.dbid}/{set_id}: {version!r} is not in the ledger; nothing to resolve")
         if action != "forget" and row.status == "applied":
             raise ConfigError(f"{target.dbid}/{set_id}: {version} is applied, not failed; nothing to resolve")
+        # Everything that can refuse is checked before the row is touched.
+        migration = migration_set.get(version)
+        if action == "retry" and migration is None:
+            raise ConfigError(f"{set_id}: {version!r} is not in the set; use --forget")
+        checksum = migration.script_for(target.driver).checksum if migration and action != "forget" else None
         target.forget(set_id, version)
         if action == "mark-applied":
-            migration = migration_set.get(version)
-            checksum = migration.script_for(target.driver).checksum if migration else None
             target.record(set_id, version, checksum)
             log.info("marked applied: %s", version)
         else:
             log.info("forgot: %s", version)
     if action == "retry":
-        migration = migration_set.get(version)
-        if migration is None:
-            raise ConfigError(f"{set_id}: {version!r} is not in the set; use --forget")
-        return run(target, migration_set, limit=1, lock_wait=lock_wait, config_name=config_name)
+        # Exactly this version, even if an older out-of-order file is pending too.
+        only = replace(migration_set, migrations=(migration,))
+        return run(target, only, lock_wait=lock_wait, config_name=config_name)
     return None
