@@ -1,0 +1,219 @@
+"""How fleet results look: status table, plan listing, progress bar and summary lines.
+
+On a terminal the status table and the progress bar use rich; otherwise output
+is plain aligned text and log lines, stable for scripts and log collectors.
+``--json`` prints one JSON document instead (schema in the README). rich is
+imported only when a terminal asks for it, so scripted runs stay lean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import IO, TYPE_CHECKING, Callable, Iterator
+
+if TYPE_CHECKING:
+    from orchestrator.fleet import BindingStatus, FleetReport, Validation
+
+__all__ = ["utc", "progress", "binding_line", "report", "validation", "summary_line", "table_rows"]
+
+log = logging.getLogger("fleet")
+
+_HEADERS = ("SET", "TARGET", "STATE", "APPLIED", "LAST VERSION", "LAST APPLIED (UTC)", "OUT OF ORDER", "ERROR")
+_STYLES = {"current": "green", "pending": "yellow", "failed": "bold red", "drift": "magenta",
+           "unreachable": "red", "locked": "cyan", "applied": "green"}
+
+
+def utc(ts: int | None) -> str | None:
+    """Unix seconds as ``2024-05-01 10:02:11Z``; None stays None."""
+    if not ts:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _tty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def progress(total: int, command: str, enabled: bool = True) -> Iterator[Callable[[], None]]:
+    """A transient rich progress bar over ``total`` targets when stderr is a terminal; a no-op otherwise.
+
+    Yields ``advance()``, safe to call from worker threads. While the bar shows,
+    log lines are routed through its console so they print above it.
+    """
+    if not enabled or total < 2 or not _tty(sys.stderr):
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(file=sys.stderr)
+    bar = Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TextColumn("targets"),
+                   TimeElapsedColumn(), console=console, transient=True)
+    task = bar.add_task(command, total=total)
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    with bar:
+        # The bar redraws on stderr; log lines must pass through its console or they tear it.
+        previous = [h.setStream(console.file) for h in handlers]  # type: ignore[func-returns-value]
+        try:
+            yield lambda: bar.advance(task)
+        finally:
+            for handler, stream in zip(handlers, previous):
+                if stream is not None:
+                    handler.setStream(stream)
+
+
+def _category(b: BindingStatus, command: str) -> str:
+    if command == "catch-up" and b.applied_now and b.state in ("current", "pending"):
+        return "applied"
+    return b.state
+
+
+def binding_line(b: BindingStatus, command: str) -> None:
+    """The log line for one finished binding during catch-up (status and plan print a table instead)."""
+    where = f"{b.dbid}/{b.set_id}"
+    if command != "catch-up":
+        log.debug("%s: %s", where, b.state)
+        return
+    n = len(b.applied_now)
+    did = f"applied {n} migration{'s' if n != 1 else ''}, then " if n else ""
+    if b.state in ("failed", "unreachable"):
+        log.error("%s: %s%s: %s", where, did, b.state, b.error)
+    elif b.state in ("drift", "locked"):
+        log.warning("%s: %s%s: %s", where, did, b.state, b.error)
+    elif n:
+        log.info("%s: applied %d migration%s (%d ms)", where, n, "s" if n != 1 else "", b.duration_ms)
+    elif b.state == "pending":
+        log.info("%s: %d pending, not applied (apply: %s)", where, len(b.pending), b.apply)
+    else:
+        log.debug("%s: current", where)
+
+
+def _state_text(b: BindingStatus) -> str:
+    if b.state == "pending":
+        return f"pending {len(b.pending)}"
+    return b.state
+
+
+def table_rows(report: FleetReport) -> list[tuple[str, ...]]:
+    """The status table's cells, one tuple per binding, in _HEADERS order."""
+    return [
+        (b.set_id, b.dbid, _state_text(b), str(b.applied), b.last_version or "-", utc(b.last_apply_time) or "-",
+         ", ".join(b.out_of_order) or "-", b.error or "")
+        for b in report.bindings
+    ]
+
+
+def _plain_table(rows: list[tuple[str, ...]], stream: IO[str]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(_HEADERS)]
+    for row in [_HEADERS, *rows]:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
+        stream.write("  ".join(cells).rstrip() + "\n")
+
+
+def _rich_table(report: FleetReport, stream: IO[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_edge=False, header_style="bold")
+    for header in _HEADERS:
+        table.add_column(header, no_wrap=header not in ("ERROR", "OUT OF ORDER"),
+                         justify="right" if header == "APPLIED" else "left")
+    for b, row in zip(report.bindings, table_rows(report)):
+        table.add_row(*row[:2], Text(row[2], style=_STYLES.get(b.state, "")), *row[3:])
+    Console(file=stream).print(table)
+
+
+def summary_line(report: FleetReport) -> str:
+    """One closing line: bindings per outcome, migrations applied, wall time."""
+    counts: dict[str, int] = {}
+    for b in report.bindings:
+        category = _category(b, report.command)
+        counts[category] = counts.get(category, 0) + 1
+    order = ("applied", "current", "pending", "failed", "drift", "locked", "unreachable")
+    parts = ", ".join(f"{counts[c]} {c}" for c in order if counts.get(c)) or "nothing selected"
+    head = f"{report.command}: {len(report.targets)} target{'s' if len(report.targets) != 1 else ''}, " \
+           f"{len(report.bindings)} binding{'s' if len(report.bindings) != 1 else ''}: {parts}"
+    seconds = f"{report.wall_ms / 1000:.2f} s"
+    if report.command == "catch-up":
+        n = sum(len(b.applied_now) for b in report.bindings)
+        return f"{head}; {n} migration{'s' if n != 1 else ''} applied in {seconds}"
+    if report.command == "plan":
+        todo = [b for b in report.bindings if b.pending and b.apply == "auto" and b.state not in ("failed", "unreachable")]
+        n = sum(len(b.pending) for b in todo)
+        return f"{head}; catch-up would apply {n} migration{'s' if n != 1 else ''} on {len({b.dbid for b in todo})} " \
+               f"target(s); nothing was changed ({seconds})"
+    return f"{head} ({seconds})"
+
+
+def _plan_text(report: FleetReport, stream: IO[str]) -> None:
+    by_target: dict[str, list[BindingStatus]] = {}
+    for b in report.bindings:
+        by_target.setdefault(b.dbid, []).append(b)
+    for dbid, bindings in by_target.items():
+        stream.write(f"{dbid}\n")
+        for b in bindings:
+            if b.state in ("failed", "unreachable", "locked"):
+                stream.write(f"  {b.set_id}: {b.state}: {b.error}\n")
+                if b.state != "failed":
+                    continue
+            if not b.pending:
+                if b.state == "current":
+                    stream.write(f"  {b.set_id}: current, nothing to apply\n")
+            elif b.state == "failed":
+                stream.write(f"  {b.set_id}: blocked, {len(b.pending)} pending not applied until resolved\n")
+            elif b.apply == "report":
+                stream.write(f"  {b.set_id}: {len(b.pending)} pending, not applied (apply: report)\n")
+            else:
+                stream.write(f"  {b.set_id}: would apply {len(b.pending)}, in this order:\n")
+            if b.pending and b.state != "failed":
+                for version in b.pending:
+                    flag = "  (out of order: older than the newest applied)" if version in b.out_of_order else ""
+                    stream.write(f"      {version}{flag}\n")
+                if b.error:
+                    stream.write(f"    warning: {b.error}\n")
+            if b.state == "drift":
+                for line in b.drift:
+                    stream.write(f"    drift: {line}\n")
+
+
+def report(result: FleetReport, stream: IO[str], as_json: bool = False) -> None:
+    """Print a fleet report: JSON, or a table (status), a listing (plan) or nothing but the summary (catch-up)."""
+    if as_json:
+        stream.write(json.dumps(result.to_json(), indent=2) + "\n")
+        log.info("%s", summary_line(result))
+        return
+    if result.command == "status":
+        if _tty(stream):
+            _rich_table(result, stream)
+        else:
+            _plain_table(table_rows(result), stream)
+    elif result.command == "plan":
+        _plan_text(result, stream)
+    stream.write(summary_line(result) + "\n")
+    stream.flush()
+
+
+def validation(result: Validation, stream: IO[str], as_json: bool = False) -> None:
+    """Print validate's findings, one per line, then a summary."""
+    if as_json:
+        stream.write(json.dumps(result.to_json(), indent=2) + "\n")
+        return
+    for line in result.findings:
+        stream.write(line + "\n")
+    for line in result.unreachable:
+        stream.write(line + "\n")
+    n = len(result.findings)
+    verdict = "clean" if not n and not result.unreachable else f"{n} finding{'s' if n != 1 else ''}"
+    extra = f", {len(result.unreachable)} target ledger(s) not checked (unreachable)" if result.unreachable else ""
+    stream.write(f"validate: {verdict} in {result.sets} set(s) and {result.targets} target(s){extra} "
+                 f"({result.wall_ms / 1000:.2f} s)\n")
+    stream.flush()
