@@ -15,7 +15,6 @@ import hashlib
 import logging
 import os
 import re
-import shlex
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Callable, Iterator
 from orchestrator import defaults
 from orchestrator.errors import MigrationError, SetError
 
-__all__ = ["Migration", "MigrationSet", "Script", "discover", "numeric_order_warning", "ENGINE_FILES"]
+__all__ = ["Migration", "MigrationSet", "Script", "discover", "numeric_order_warning", "ENGINE_FILES", "split_redis_args"]
 
 log = logging.getLogger("sets")
 
@@ -147,6 +146,8 @@ class Script:
     def prepare(self) -> None:
         """Check everything that can be checked before anything runs: readable, UTF-8, directives, Python syntax."""
         self.inspect()
+        if self.kind == "redis":
+            self.redis_commands()
         if self.kind == "py":
             try:
                 compile(self.text(), str(self.path), "exec")
@@ -174,19 +175,94 @@ class Script:
             raise MigrationError(self.label, "defines no up(db) function")
         return up
 
-    def redis_commands(self) -> list[tuple[int, list[str]]]:
-        """(line, argv) for each command of a ``.redis`` file, quoted as in redis-cli."""
-        commands = []
+    def redis_commands(self) -> list[tuple[int, list[str | bytes]]]:
+        """(line, argv) for each command of a ``.redis`` file, quoted as in redis-cli (see :func:`split_redis_args`).
+
+        Blank lines and lines starting with ``#`` are skipped; MigrationError names
+        the command number and line of a quoting fault.
+        """
+        commands: list[tuple[int, list[str | bytes]]] = []
         for number, line in enumerate(self.text().splitlines(), 1):
             stripped = line.strip()
             if not stripped or stripped.startswith("#"):
                 continue
             try:
-                argv = shlex.split(stripped, posix=True)
+                argv = split_redis_args(stripped)
             except ValueError as exc:
-                raise MigrationError(self.label, f"cannot parse command: {exc}", line=number) from None
+                raise MigrationError(self.label, f"cannot parse command: {exc}", len(commands) + 1, number) from None
             commands.append((number, argv))
         return commands
+
+
+_SPACE = b" \t\n\v\f\r"
+_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+_HEX = b"0123456789abcdefABCDEF"
+
+
+def split_redis_args(line: str) -> list[str | bytes]:
+    """Split one command line exactly as redis-cli does (its ``sdssplitargs``).
+
+    Inside double quotes ``\\xHH`` is a byte and ``\\n \\r \\t \\b \\a`` are control
+    characters (any other ``\\c`` is ``c``); inside single quotes only ``\\'`` is
+    special; outside quotes a backslash is literal. A closing quote must end the
+    argument. An argument is ``str``, or ``bytes`` when escapes make it invalid
+    UTF-8. Raises ValueError for unbalanced quotes.
+    """
+    data, i, args = line.encode("utf-8"), 0, []
+    n = len(data)
+    while True:
+        while i < n and data[i] in _SPACE:
+            i += 1
+        if i >= n:
+            return [_text_or_bytes(a) for a in args]
+        current, quote = bytearray(), 0
+        while True:
+            c = data[i] if i < n else 0
+            if quote == 0x22:  # "
+                if c == 0x5C and i + 3 < n and data[i + 1] == 0x78 and data[i + 2] in _HEX and data[i + 3] in _HEX:
+                    current.append(int(data[i + 2 : i + 4], 16))
+                    i += 4
+                    continue
+                if c == 0x5C and i + 1 < n:
+                    i += 1
+                    current.append(_ESCAPES.get(data[i], data[i]))
+                elif c == 0x22:
+                    if i + 1 < n and data[i + 1] not in _SPACE:
+                        raise ValueError("a closing double quote must be followed by a space")
+                    i += 1
+                    break
+                elif i >= n:
+                    raise ValueError("unbalanced double quotes")
+                else:
+                    current.append(c)
+            elif quote == 0x27:  # '
+                if c == 0x5C and i + 1 < n and data[i + 1] == 0x27:
+                    i += 1
+                    current.append(0x27)
+                elif c == 0x27:
+                    if i + 1 < n and data[i + 1] not in _SPACE:
+                        raise ValueError("a closing single quote must be followed by a space")
+                    i += 1
+                    break
+                elif i >= n:
+                    raise ValueError("unbalanced single quotes")
+                else:
+                    current.append(c)
+            elif i >= n or c in b" \n\r\t":
+                break
+            elif c in (0x22, 0x27):
+                quote = c
+            else:
+                current.append(c)
+            i += 1
+        args.append(bytes(current))
+
+
+def _text_or_bytes(arg: bytes) -> str | bytes:
+    try:
+        return arg.decode("utf-8")
+    except UnicodeDecodeError:
+        return arg
 
 
 @dataclass(frozen=True)
