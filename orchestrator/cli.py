@@ -82,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "catch-up":
             p.add_argument("--workers", type=int, default=None)
+            p.add_argument("--lock-wait", type=float, default=None, help="seconds to wait for a held lock (default 10)")
 
     p = sub.add_parser("daemon", parents=[common], help="run the scheduler, watcher and status server")
     p.add_argument("config")
