@@ -292,7 +292,7 @@ def _fan_out(run: _Run, work: Callable[[_Run, str], list[BindingStatus]], worker
     return FleetReport(results, int((time.monotonic() - started) * 1000), command)
 
 
-def _failure_state(target: Target | None, exc: BaseException) -> tuple[str, str]:
+def _failure_state(dbid: str, target: Target | None, exc: BaseException) -> tuple[str, str]:
     """(state, message) for an exception met while working on a target."""
     if isinstance(exc, TargetUnreachable):
         return "unreachable", _line(exc)
@@ -300,7 +300,6 @@ def _failure_state(target: Target | None, exc: BaseException) -> tuple[str, str]
         return "locked", _line(exc)
     if isinstance(exc, OrchestratorError):
         return ("unreachable" if _connection_lost(target, exc) else "failed"), _line(exc)
-    dbid = target.dbid if target is not None else "?"
     if _connection_lost(target, exc):
         return "unreachable", f"{dbid}: connection lost: {_line(exc)}"
     return "failed", f"{dbid}: {type(exc).__name__}: {_line(exc)}"
@@ -351,7 +350,7 @@ def _per_binding(run: _Run, dbid: str, readonly: bool,
     except BaseException as exc:  # noqa: BLE001 - every failure becomes this target's state
         if not isinstance(exc, Exception):
             raise
-        down = _failure_state(None, exc)
+        down = _failure_state(dbid, None, exc)
     try:
         for set_name in run.groups[dbid]:
             info = run.infos[set_name]
@@ -370,7 +369,7 @@ def _per_binding(run: _Run, dbid: str, readonly: bool,
             try:
                 st = body(target, info, driver)
             except Exception as exc:
-                state, message = _failure_state(target, exc)
+                state, message = _failure_state(dbid, target, exc)
                 st = BindingStatus(set_name, dbid, state, error=message, driver=driver, apply=info.spec.apply)
             if st.state == "unreachable":
                 # Each further attempt would wait out the timeout again; the next run retries.
@@ -471,7 +470,7 @@ def _catch_up_binding(run: _Run, target: Target, info: _SetInfo, driver: str, lo
         run_set(recorder, info.mset, lock_wait=lock_wait, config_name=run.config_name,  # type: ignore[arg-type]
                 prefix=f"{target.dbid}/{set_id}: ")
     except Exception as exc:
-        failure = _failure_state(target, exc)
+        failure = _failure_state(target.dbid, target, exc)
     # The ledger as it is now, without reading it again: what was there plus what this run committed.
     now = int(time.time())
     merged = dict(rows)
@@ -554,7 +553,7 @@ def _check_set(info: _SetInfo, drivers: dict[str, int]) -> list[str]:
     warning = numeric_order_warning(mset)
     if warning:
         findings.append(warning)
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
     for migration in mset.migrations:
         for driver, bound in drivers.items():
             try:
@@ -562,13 +561,14 @@ def _check_set(info: _SetInfo, drivers: dict[str, int]) -> list[str]:
             except MigrationError as exc:
                 findings.append(f"{_line(exc)}; {bound} {driver} target(s) are bound to {mset.name}")
                 continue
-            dialect = "redis" if script.kind == "redis" else driver if script.kind == "sql" else "py"
-            if (str(script.path), dialect) in seen:
+            # A generic file is checked once, though each SQL dialect splits it on its own.
+            if str(script.path) in seen:
                 continue
-            seen.add((str(script.path), dialect))
+            seen.add(str(script.path))
             try:
                 script.prepare()
-                if script.kind == "sql" and next(iter(script.statements(dialect)), None) is None:
+                if script.kind == "sql" and all(next(iter(script.statements(d)), None) is None
+                                                for d in drivers if d != "redis"):
                     findings.append(f"{script.label}: holds no SQL statement")
                 elif script.kind == "redis" and not script.redis_commands():
                     findings.append(f"{script.label}: holds no Redis command")

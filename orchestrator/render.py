@@ -84,10 +84,15 @@ def binding_line(b: BindingStatus, command: str) -> None:
         return
     n = len(b.applied_now)
     did = f"applied {n} migration{'s' if n != 1 else ''}, then " if n else ""
+    # Errors that already name the target and their state (unreachable, locked) are not prefixed twice.
+    if b.error and b.error.startswith(f"{b.dbid}: {b.state}") or b.error and b.error.startswith(f"{where} {b.state}"):
+        line = f"{did}{b.error}" if not did else f"{where}: {did}{b.error}"
+    else:
+        line = f"{where}: {did}{b.state}: {b.error}"
     if b.state in ("failed", "unreachable"):
-        log.error("%s: %s%s: %s", where, did, b.state, b.error)
+        log.error("%s", line)
     elif b.state in ("drift", "locked"):
-        log.warning("%s: %s%s: %s", where, did, b.state, b.error)
+        log.warning("%s", line)
     elif n:
         log.info("%s: applied %d migration%s (%d ms)", where, n, "s" if n != 1 else "", b.duration_ms)
     elif b.state == "pending":
