@@ -189,6 +189,8 @@ class HttpConfig(_Strict):
 class DaemonConfig(_Strict):
     workers: Annotated[Int, Field(ge=1, le=512)] = defaults.WORKERS
     watch_interval: Duration = defaults.WATCH_INTERVAL
+    retry_min: Duration = defaults.RETRY_MIN
+    retry_max: Duration = defaults.RETRY_MAX
     http: HttpConfig = HttpConfig()
 
 

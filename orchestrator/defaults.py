@@ -37,3 +37,15 @@ SQLITE_BUSY_TIMEOUT = 5000
 
 VERSION_MAX_LENGTH = 180
 """Longest version (file name without extension) the ledger's ``version`` column holds."""
+
+RETRY_MIN = 30.0
+"""Seconds the daemon waits before retrying a failed or unreachable (set, target); doubles on each failure."""
+
+RETRY_MAX = 3600.0
+"""Seconds: the longest wait between two retries of a failing (set, target)."""
+
+MISFIRE_GRACE = 60.0
+"""Seconds a scheduled run may start late (busy workers, suspended host) before it counts as missed."""
+
+PAGE_REFRESH = 5
+"""Seconds between two reloads of the daemon's fleet page."""

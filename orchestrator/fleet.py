@@ -468,7 +468,7 @@ def _catch_up_binding(run: _Run, target: Target, info: _SetInfo, driver: str, lo
     assert info.mset is not None
     try:
         run_set(recorder, info.mset, lock_wait=lock_wait, config_name=run.config_name,  # type: ignore[arg-type]
-                prefix=f"{target.dbid}/{set_id}: ")
+                prefix=f"{target.dbid}/{set_id}: ", should_stop=run.stop_requested)
     except Exception as exc:
         failure = _failure_state(target.dbid, target, exc)
     # The ledger as it is now, without reading it again: what was there plus what this run committed.

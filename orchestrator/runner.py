@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from orchestrator import defaults
 from orchestrator.errors import ConfigError, FailedState, MigrationError
@@ -72,9 +73,12 @@ def run(
     lock_wait: float = defaults.LOCK_WAIT,
     config_name: str = "CONFIG",
     prefix: str = "",
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunReport:
     """Apply up to ``limit`` pending migrations (all when None) to a connected target.
 
+    ``should_stop`` is asked before each migration: once it returns True the run
+    starts no further migration (the daemon's graceful stop) and returns.
     Raises MigrationError at the first failure (what was applied before it stays
     applied and recorded), FailedState, LockHeld or TargetUnreachable.
     """
@@ -107,6 +111,9 @@ def run(
             if script.version in rows:
                 log.debug("%sskipping already applied: %s", prefix, script.version)
                 continue
+            if should_stop is not None and should_stop():
+                log.info("%sstopping before %s: shutting down", prefix, script.version)
+                break
             if script.version in out_of_order:
                 log.warning("%sapplying out of order: %s is older than the newest applied migration", prefix, script.version)
             log.info("%sapplying: %s", prefix, script.version)
