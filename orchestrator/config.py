@@ -11,10 +11,12 @@ path (``config.json: databases.mysql[0].port: ...``). Passwords are
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -40,9 +42,11 @@ __all__ = [
 ]
 
 DRIVERS = ("postgresql", "mysql", "redis", "sqlite")
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_REF = re.compile(r"(\$?)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _HOST_ID = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
+_SET_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+_CHARSET = r"^[A-Za-z0-9_]+$"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -61,16 +65,33 @@ def parse_duration(text: str) -> float:
     return total
 
 
+class _Expanded(str):
+    """A string that came out of ``${NAME}`` expansion: the environment only holds strings."""
+
+
 def _int_not_bool(value: Any) -> Any:
-    # JSON true would otherwise pass as 1; a digit string comes from ${ENV} expansion.
+    # JSON true would otherwise pass as 1, and "5432" as 5432: a number must be a JSON
+    # number, unless it came from ${ENV} expansion, where only strings exist.
     if isinstance(value, bool):
-        raise ValueError("Input should be a valid integer, not a boolean")
-    if isinstance(value, str) and value.strip().isdigit():
+        raise ValueError("expected an integer, not a boolean")
+    if isinstance(value, _Expanded) and value.strip().lstrip("-").isdigit():
         return int(value)
+    if isinstance(value, str):
+        raise ValueError(f"expected an integer, not a string (write {value.strip()} without quotes)"
+                         if value.strip().lstrip("-").isdigit() else "expected an integer, not a string")
     return value
 
 
+def _bool_strict(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, _Expanded) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValueError("expected true or false")
+
+
 Int = Annotated[int, BeforeValidator(_int_not_bool)]
+Bool = Annotated[bool, BeforeValidator(_bool_strict)]
 Port = Annotated[int, BeforeValidator(_int_not_bool), Field(ge=1, le=65535)]
 Duration = Annotated[float, BeforeValidator(lambda v: parse_duration(v) if isinstance(v, str) else _int_not_bool(v)), Field(gt=0)]
 
@@ -110,8 +131,8 @@ class MysqlConfig(_Server):
     driver: ClassVar[str] = "mysql"
     port: Port = 3306
     dbname: Annotated[str, Field(min_length=1)]
-    charset: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")] = "utf8mb4"
-    tls: bool = False
+    charset: Annotated[str, Field(pattern=_CHARSET)] = "utf8mb4"
+    tls: Bool = False
 
 
 class RedisConfig(_Server):
@@ -119,7 +140,7 @@ class RedisConfig(_Server):
     port: Port = 6379
     dbindex: Annotated[Int, Field(ge=0, le=1023)] = 0
     prefix: str = ""
-    tls: bool = False
+    tls: Bool = False
 
 
 class SqliteConfig(_Strict):
@@ -177,7 +198,7 @@ class _SetEntry(_Strict):
 class _Migrations(_Strict):
     directory: str = defaults.SETS_DIRECTORY
     table: Annotated[str, Field(pattern=_IDENT, max_length=63)] = defaults.LEDGER_TABLE
-    sets: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=100)], _SetEntry] = {}
+    sets: dict[Annotated[str, Field(pattern=_SET_NAME, max_length=100)], _SetEntry] = {}
 
 
 class HttpConfig(_Strict):
@@ -234,8 +255,10 @@ class Config:
         try:
             return self.databases[dbid]
         except KeyError:
-            _check_dbid(dbid, "dbid")
             known = ", ".join(sorted(self.databases)) or "none"
+            if any(c in dbid for c in "*?["):
+                raise ConfigError(f"{dbid!r}: a single target is expected here, not a pattern (declared: {known})") from None
+            _check_dbid(dbid, "")
             raise ConfigError(f"{self.path.name}: unknown target {dbid!r} (declared: {known})") from None
 
     def bindings(self, set_name: str | None = None, target_pattern: str | None = None) -> list[tuple[SetSpec, str]]:
@@ -254,10 +277,12 @@ class Config:
 
 def _check_dbid(dbid: str, where: str) -> None:
     driver, dot, host = dbid.partition(".")
-    if not dot or not host:
-        raise ConfigError(f"{where}: bad dbid {dbid!r}: expected <driver>.<host_id>, e.g. postgresql.p1")
-    if driver not in DRIVERS:
-        raise ConfigError(f"{where}: unknown driver {driver!r} in {dbid!r} (drivers: {', '.join(DRIVERS)})")
+    prefix = f"{where}: " if where else ""
+    if not dot or not host or not driver:
+        raise ConfigError(f"{prefix}bad dbid {dbid!r}: expected <driver>.<host_id>, e.g. postgresql.p1")
+    # A target pattern may glob the driver too ("*.main"), as long as it can match one.
+    if driver not in DRIVERS and not any(fnmatch.fnmatchcase(d, driver) for d in DRIVERS):
+        raise ConfigError(f"{prefix}unknown driver {driver!r} in {dbid!r} (drivers: {', '.join(DRIVERS)})")
 
 
 def _json_path(loc: tuple[Any, ...]) -> str:
@@ -270,19 +295,39 @@ def _json_path(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+class _Object(dict):  # type: ignore[type-arg]
+    """A JSON object that remembers keys it held twice (json keeps the last one silently)."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> _Object:
+    obj = _Object(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        obj.duplicates = tuple(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+    return obj
+
+
 def _expand(node: Any, loc: tuple[Any, ...], env: dict[str, str], name: str) -> Any:
     if isinstance(node, str):
         def sub(m: re.Match[str]) -> str:
-            if m.group(1) in env:
-                return env[m.group(1)]
-            if m.group(2) is not None:
-                return m.group(2)
-            raise ConfigError(f"{name}: {_json_path(loc)}: environment variable {m.group(1)} is not set")
+            if m.group(1):  # $${NAME} is a literal ${NAME}
+                return m.group(0)[1:]
+            if m.group(2) in env:
+                return env[m.group(2)]
+            if m.group(3) is not None:
+                return m.group(3)
+            raise ConfigError(f"{name}: {_json_path(loc)}: environment variable {m.group(2)} is not set "
+                              f"(export it, or write ${{{m.group(2)}:-default}})")
 
-        return _ENV_REF.sub(sub, node) if "${" in node else node
+        return _Expanded(_ENV_REF.sub(sub, node)) if "${" in node else node
     if isinstance(node, list):
         return [_expand(item, loc + (i,), env, name) for i, item in enumerate(node)]
     if isinstance(node, dict):
+        if getattr(node, "duplicates", ()):
+            key = node.duplicates[0]
+            raise ConfigError(f"{name}: {_json_path(loc + (key,))}: appears twice in the same object; keep one")
         return {key: _expand(value, loc + (key,), env, name) for key, value in node.items()}
     return node
 
@@ -292,13 +337,71 @@ def _first_error(exc: ValidationError, name: str) -> ConfigError:
     # Drop the discriminator noise pydantic adds for unions and plain-str dict keys.
     err = errors[0]
     loc = tuple(p for p in err["loc"] if p not in ("[key]",))
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if err["type"] == "extra_forbidden":
-        msg = "unknown field"
+        known = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1) if loc else []
+        msg = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})" if known else "")
     elif err["type"] == "missing":
         msg = "required field is missing"
+    elif err["type"] == "string_pattern_mismatch":
+        msg = _PATTERN_HELP.get(str(err.get("ctx", {}).get("pattern")), msg)
+    else:
+        msg = _TYPE_HELP.get(err["type"], msg)
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return ConfigError(f"{name}: {_json_path(loc)}: {msg}{more}")
+
+
+_PATTERN_HELP = {
+    _IDENT: "expected a SQL identifier: a letter or '_', then letters, digits or '_'",
+    _HOST_ID: "expected letters, digits, '_' and '-' (no dots: the dbid is <driver>.<host_id>)",
+    _SET_NAME: "expected letters, digits, '_', '.' and '-' (a set name is also a folder name)",
+    _CHARSET: "expected a charset name such as utf8mb4",
+}
+_TYPE_HELP = {
+    "model_type": "expected a JSON object",
+    "model_attributes_type": "expected a JSON object",
+    "dict_type": "expected a JSON object",
+    "list_type": "expected a JSON list",
+    "string_type": "expected a string",
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "bool_type": "expected true or false",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "finite_number": "expected a finite number",
+}
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the config object at a JSON path (for 'did you mean')."""
+    model: Any = _File
+    skip_key = False
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if skip_key:  # a key of a dict such as migrations.sets
+            skip_key = False
+            continue
+        fields = {f.alias or n: f for n, f in model.model_fields.items()}
+        if part not in fields:
+            return []
+        annotation = fields[part].annotation
+        skip_key = typing.get_origin(annotation) is dict
+        model = _model_in(annotation)
+        if model is None:
+            return []
+    return sorted(f.alias or n for n, f in model.model_fields.items())
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
@@ -306,13 +409,13 @@ def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Con
     path = Path(path)
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM from a Windows editor is not an error
     except FileNotFoundError:
         raise ConfigError(f"{name}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{name}: cannot read config: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_object_pairs)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{name}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
     if not isinstance(data, dict):
@@ -333,20 +436,22 @@ def _build(path: Path, name: str, raw: _File) -> Config:
             if entry.dbid in databases:
                 raise ConfigError(f"{name}: databases.{driver}[{i}].host_id: duplicate host_id {entry.host_id!r}")
             if isinstance(entry, SqliteConfig):
-                entry.path = str((folder / entry.path).resolve()) if entry.path != ":memory:" else entry.path
+                entry.path = str((folder / Path(entry.path).expanduser()).resolve()) if entry.path != ":memory:" else entry.path
             else:
                 register_secret(entry.password.get_secret_value())
             databases[entry.dbid] = entry
     if raw.daemon.http.token is not None:
         register_secret(raw.daemon.http.token.get_secret_value())
 
-    sets_directory = (folder / raw.migrations.directory).resolve()
+    sets_directory = (folder / Path(raw.migrations.directory).expanduser()).resolve()
     sets: dict[str, SetSpec] = {}
     for set_name, entry in raw.migrations.sets.items():
         where = f"{name}: migrations.sets.{set_name}"
-        set_folder = (folder / entry.path).resolve() if entry.path else sets_directory / set_name
+        set_folder = (folder / Path(entry.path).expanduser()).resolve() if entry.path else sets_directory / set_name
         if not set_folder.is_dir():
-            raise ConfigError(f"{where}: set folder {set_folder} does not exist")
+            problem = "is not a folder" if set_folder.exists() else "does not exist"
+            raise ConfigError(f"{where}{'.path' if entry.path else ''}: set folder {set_folder} {problem}; "
+                              f"create it or fix {'the path' if entry.path else 'migrations.directory'}")
         targets: list[str] = []
         for i, pattern in enumerate(entry.targets):
             _check_dbid(pattern, f"{where}.targets[{i}]")

@@ -50,6 +50,8 @@ class MigrationError(OrchestratorError):
         loc = ""
         if statement is not None:
             loc = f" statement {statement}" + (f" (line {line})" if line else "") + ":"
+        elif line:
+            loc = f" line {line}:"  # Python migrations: the line of the raise
         super().__init__(f"{where}:{loc} {message}")
 
 

@@ -37,17 +37,23 @@ ENGINE_FILES = {
 """Files a per-engine folder may hold, in the order a target of that engine looks for them."""
 _KIND_ENGINES = {"sql": ("postgresql", "mysql", "sqlite"), "py": ("postgresql", "mysql", "sqlite", "redis"), "redis": ("redis",)}
 _DIRECTIVE = re.compile(r"^\s*(?:--|#)\s*orchestrator\s*:\s*(.*?)\s*$", re.I)
+# "-- orchestrator no-transaction": a directive with its colon missing, not prose.
+_DIRECTIVE_NO_COLON = re.compile(r"^\s*(?:--|#)\s*orchestrator\s+([a-z]+(?:[-_][a-z]+)+)\s*$", re.I)
 _DIRECTIVES = ("no-transaction",)
 _CHUNK = 1 << 20
-_warned: set[str] = set()
+_warned: set[tuple[str, str]] = set()
 _inspect_cache: dict[tuple[str, int, int], tuple[str, bool]] = {}
 _cache_guard = threading.Lock()
 
 
-def _warn_once(message: str) -> None:
-    # The daemon rescans sets every few seconds; say each thing once.
-    if message not in _warned:
-        _warned.add(message)
+def _warn_once(message: str, folder: Path | str = "", into: list[str] | None = None) -> None:
+    # The daemon rescans sets every few seconds; say each thing once (per set folder),
+    # but keep it in the MigrationSet's warnings every time, for status and validate.
+    if into is not None:
+        into.append(message)
+    key = (str(folder), message)
+    if key not in _warned:
+        _warned.add(key)
         log.warning("%s", message)
 
 
@@ -115,17 +121,26 @@ class Script:
     def _directives(self, head: str) -> bool:
         no_transaction = False
         comment = "#" if self.kind in ("py", "redis") else "--"
+        leading = True
         for number, line in enumerate(head.lstrip("\ufeff").splitlines(), 1):
             stripped = line.strip()
             if not stripped:
                 continue
-            if not stripped.startswith(comment):
-                break  # directives live in the leading comment block only
+            if leading and not stripped.startswith(comment):
+                leading = False  # directives live in the leading comment block only
+            if "orchestrator" not in stripped.lower():
+                continue
             m = _DIRECTIVE.match(stripped)
-            if m:
+            if m and not leading and re.fullmatch(r"[a-z]+(?:[-_][a-z]+)*", m.group(1), re.I):
+                raise SetError(f"{self.label}:{number}: directive {m.group(1)!r} after the first statement has no effect; "
+                               "move it to the comment block at the top of the file")
+            if m and leading:
                 if m.group(1).lower() not in _DIRECTIVES:
                     raise SetError(f"{self.label}:{number}: unknown directive {m.group(1)!r} (known: {', '.join(_DIRECTIVES)})")
                 no_transaction = True
+            elif leading and (bad := _DIRECTIVE_NO_COLON.match(stripped)):
+                raise SetError(f"{self.label}:{number}: directive {bad.group(1)!r} lacks its colon; "
+                               f"write '{comment} orchestrator: {bad.group(1)}'")
         return no_transaction
 
     def text(self) -> str:
@@ -312,31 +327,47 @@ class MigrationSet:
         return None
 
 
-def _classify(entry: os.DirEntry[str], set_name: str) -> tuple[str, str, tuple[str, ...]] | None:
+_ENGINE_FILE_NAMES = frozenset(n for names in ENGINE_FILES.values() for n in names)
+
+
+def _classify(entry: os.DirEntry[str], set_name: str, warnings: list[str]) -> tuple[str, str, tuple[str, ...]] | None:
     """(version, kind, files) for a usable entry; None (after a warning) otherwise."""
     name = entry.name
     where = f"{set_name}/{name}"
+    folder = Path(entry.path).parent
     if entry.is_dir():
+        if any(name.endswith(suffix) for suffix, _ in _SUFFIXES):
+            raise SetError(f"{where}: is a folder where a migration file is expected; "
+                           "a per-engine migration folder's name has no extension")
         files = set()
-        for child in os.scandir(entry.path):
+        try:
+            children = sorted(os.scandir(entry.path), key=lambda c: c.name)
+        except OSError as exc:
+            raise SetError(f"{where}: cannot read migration folder: {exc.strerror}") from None
+        for child in children:
             if child.name.startswith(".") or child.name == "__pycache__":
                 continue
-            if child.is_file() and any(child.name in names for names in ENGINE_FILES.values()):
+            if child.name in _ENGINE_FILE_NAMES:
+                # An engine file that cannot be read must not fall back to up.sql silently.
+                if not child.is_file():
+                    kind = "a folder" if child.is_dir() else "not a readable file"
+                    raise SetError(f"{where}/{child.name}: {kind}; an engine file must be a regular file")
                 files.add(child.name)
             else:
-                _warn_once(f"{where}/{child.name}: ignored (a migration folder holds {', '.join(sorted({n for v in ENGINE_FILES.values() for n in v}))})")
+                _warn_once(f"{where}/{child.name}: ignored (a migration folder holds {', '.join(sorted(_ENGINE_FILE_NAMES))})",
+                           folder, warnings)
         if not files:
             raise SetError(f"{where}: migration folder holds no migration file")
         if "up.py" in files and "up.sql" in files:
             raise SetError(f"{where}: holds both up.py and up.sql; keep one generic file")
         return name, "folder", tuple(sorted(files))
     if name.endswith(".down.sql"):
-        _warn_once(f"{where}: ignored (migrations are forward-only; down files are not run)")
+        _warn_once(f"{where}: ignored (migrations are forward-only; down files are not run)", folder, warnings)
         return None
     for suffix, kind in _SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)], kind, ()
-    _warn_once(f"{where}: ignored (unknown extension; use .sql, .py, .redis or a folder)")
+    _warn_once(f"{where}: ignored (unknown extension; use .sql, .py, .redis or a folder)", folder, warnings)
     return None
 
 
@@ -354,11 +385,11 @@ def discover(name: str, folder: Path) -> MigrationSet:
     warnings: list[str] = []
     for entry in entries:
         if entry.name.startswith("."):
-            _warn_once(f"{name}/{entry.name}: ignored (hidden)")
+            _warn_once(f"{name}/{entry.name}: ignored (hidden)", folder, warnings)
             continue
         if entry.name == "__pycache__":
             continue
-        classified = _classify(entry, name)
+        classified = _classify(entry, name, warnings)
         if classified is None:
             continue
         version, kind, files = classified
@@ -368,11 +399,10 @@ def discover(name: str, folder: Path) -> MigrationSet:
             raise SetError(f"{name}/{entry.name}: version is longer than {defaults.VERSION_MAX_LENGTH} characters")
         seen[version] = entry.name
         migrations.append(Migration(name, version, Path(entry.path), kind, files))
-    result = MigrationSet(name, folder, tuple(migrations), tuple(warnings))
-    warning = numeric_order_warning(result)
+    warning = numeric_order_warning(MigrationSet(name, folder, tuple(migrations)))
     if warning:
-        _warn_once(warning)
-    return result
+        _warn_once(warning, folder, warnings)
+    return MigrationSet(name, folder, tuple(migrations), tuple(warnings))
 
 
 _NUMERIC_PREFIX = re.compile(r"^(\d+)")

@@ -155,6 +155,12 @@ class SqlTarget:
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         raise NotImplementedError
 
+    def _after_statement(self, script: Script, statement: Any, in_transaction: bool) -> None:
+        """Called after each statement ran (``statement`` is None after a Python ``up``); may raise MigrationError.
+
+        SQLite uses it to catch a script or ``up`` that ended the runner's transaction.
+        """
+
     # -- plumbing ------------------------------------------------------------
 
     def _execute(self, sql: str, params: Any = None) -> Any:
@@ -322,7 +328,7 @@ class SqlTarget:
 
     def _run_body(self, script: Script, up: Any, in_transaction: bool) -> int:
         if up is not None:
-            return self._run_python(script, up)
+            return self._run_python(script, up, in_transaction)
         count = 0
         for statement in script.statements(self.dialect):
             if in_transaction and is_transaction_control(statement.text):
@@ -334,10 +340,11 @@ class SqlTarget:
             except self._driver_errors() as exc:
                 message, line = self._error_message(exc, statement)
                 raise MigrationError(script.label, message, statement.number, line) from None
+            self._after_statement(script, statement, in_transaction)
             count += 1
         return count
 
-    def _run_python(self, script: Script, up: Any) -> int:
+    def _run_python(self, script: Script, up: Any, in_transaction: bool = True) -> int:
         handle = DbApiHandle(self)
         try:
             result = up(handle)
@@ -350,6 +357,7 @@ class SqlTarget:
                     line = frame.lineno
             message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
             raise MigrationError(script.label, f"up() raised {message}", line=line) from None
+        self._after_statement(script, None, in_transaction)
         if result is False:
             raise MigrationError(script.label, "up() returned False")
         return handle.statements

@@ -9,14 +9,24 @@ open the file read-only and never create it.
 
 from __future__ import annotations
 
+import logging
+import re
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import LockHeld, TargetUnreachable
+from orchestrator.errors import LockHeld, MigrationError, TargetUnreachable
 from orchestrator.targets._sql import SqlTarget
 
+if TYPE_CHECKING:
+    from orchestrator.sets import Script
+
 __all__ = ["SqliteTarget"]
+
+log = logging.getLogger("migrations")
+
+_FOREIGN_KEYS = re.compile(r"^\s*PRAGMA\s+(?:main\s*\.\s*)?foreign_keys\s*=\s*['\"]?(\w+)", re.I)
+_NO_TRANSACTION_HINT = "; make '-- orchestrator: no-transaction' the first line to run this migration outside a transaction"
 
 
 class SqliteTarget(SqlTarget):
@@ -32,23 +42,38 @@ class SqliteTarget(SqlTarget):
     def connect(self, readonly: bool = False) -> None:
         path = Path(self.db.path)
         timeout = self.db.busy_timeout / 1000
+        self._missing = False
         try:
             if readonly:
                 if not path.exists():
                     self._missing = True  # nothing applied yet; do not create the file to say so
-                    self.connection = sqlite3.connect(":memory:", isolation_level=None)
+                    self.connection = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
                     return
-                self.connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+                uri = f"{path.resolve().as_uri()}?mode=ro"
+                self.connection = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                if not path.parent.is_dir():
+                    # A new database's folder is created as the file is (var/ of a fresh checkout).
+                    path.parent.mkdir(parents=True, exist_ok=True)
                 self.connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
                 self.connection.execute(f"PRAGMA busy_timeout = {int(self.db.busy_timeout)}")
-                mode = self.connection.execute("PRAGMA journal_mode").fetchone()[0]
-                if mode.lower() != self.db.journal_mode.lower():
-                    self.connection.execute(f"PRAGMA journal_mode = {self.db.journal_mode}")
-        except (sqlite3.Error, OSError) as exc:
+                self._set_journal_mode()
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            if self.connection is not None:
+                self.connection.close()
             self.connection = None
-            raise TargetUnreachable(self.dbid, f"cannot open {path}: {exc}") from None
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise TargetUnreachable(self.dbid, f"cannot open {path}: {reason}") from None
+
+    def _set_journal_mode(self) -> None:
+        wanted = self.db.journal_mode.lower()
+        mode = self.connection.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode.lower() == wanted:
+            return
+        # The pragma answers with the mode in force; SQLite keeps the old one when it cannot switch.
+        mode = self.connection.execute(f"PRAGMA journal_mode = {wanted.upper()}").fetchone()[0]
+        if mode.lower() != wanted:
+            log.warning("%s: journal_mode stays %s: SQLite refused %s for %s", self.dbid, mode.upper(), wanted.upper(), self.db.path)
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error,)
@@ -66,6 +91,34 @@ class SqliteTarget(SqlTarget):
 
     def _ledger_columns(self) -> set[str]:
         return {row[1] for row in self._execute(f"PRAGMA table_info({self._quote(self.table)})") or []}
+
+    def _rollback(self) -> None:
+        # A script's own ROLLBACK (or a Python up's commit) may already have ended the transaction.
+        if self.connection.in_transaction:
+            self._execute("ROLLBACK")
+
+    def _after_statement(self, script: Script, statement: Any, in_transaction: bool) -> None:
+        if not in_transaction:
+            return
+        if not self.connection.in_transaction:
+            if statement is None:
+                raise MigrationError(script.label, "up() ended the migration's transaction (commit or rollback); "
+                                     "its changes may be committed without a ledger row: check the database, then remove the commit")
+            if statement.text.lstrip()[:8].upper() == "ROLLBACK":
+                what = "ROLLBACK ended the migration's transaction and undid the statements before it"
+            else:
+                what = "this statement ended the migration's transaction: the statements before it are committed without a ledger row"
+            raise MigrationError(script.label, f"{what}; remove it (each migration runs in one transaction) and check the database",
+                                 statement.number, statement.line)
+        if statement is not None:
+            m = _FOREIGN_KEYS.match(statement.text)
+            if m:
+                wanted = m.group(1).lower() in ("on", "1", "true", "yes")
+                current = bool(self.connection.execute("PRAGMA foreign_keys").fetchone()[0])
+                if wanted != current:
+                    log.warning("%s: statement %d (line %d): PRAGMA foreign_keys has no effect inside a transaction, "
+                                "foreign keys stay %s%s", script.label, statement.number, statement.line,
+                                "ON" if current else "OFF", _NO_TRANSACTION_HINT)
 
     def _begin(self) -> None:
         # IMMEDIATE takes the write lock now, so the ledger check that follows cannot go stale.
@@ -109,4 +162,7 @@ class SqliteTarget(SqlTarget):
         ]
 
     def _error_message(self, exc: BaseException, statement: Any) -> tuple[str, int | None]:
-        return str(exc).strip() or type(exc).__name__, statement.line if statement else None
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if "within a transaction" in message:  # VACUUM, PRAGMA journal_mode = WAL, ...
+            message += _NO_TRANSACTION_HINT
+        return message, statement.line if statement else None
