@@ -114,14 +114,21 @@ def _open(config: Any, dbid: str, readonly: bool = False) -> Any:
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
+    from orchestrator import defaults
     from orchestrator.config import load
 
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", args.name):
         raise ConfigError(f"create: bad name {args.name!r}: use letters, digits, '_' and '-'")
+    if len(args.name) > defaults.VERSION_MAX_LENGTH - 20:  # the version is "<stamp>_<name>"
+        raise ConfigError(f"create: name is longer than {defaults.VERSION_MAX_LENGTH - 20} characters")
     config = load(args.config)
-    folder = config.sets[args.dir].folder if args.dir in config.sets else Path(args.dir)
+    if args.dir in config.sets:
+        folder = config.sets[args.dir].folder
+    else:  # a folder, as the C tool takes it: from here, or next to the config
+        folder = next((c for c in (Path(args.dir), config.folder / args.dir) if c.is_dir()), Path(args.dir))
     if not folder.is_dir():
-        raise ConfigError(f"create: folder {folder} does not exist")
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"create: {folder} {problem} (sets in {config.path.name}: {', '.join(sorted(config.sets)) or 'none'})")
     kind = args.kind or "sql"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
     path = folder / f"{stamp}_{args.name}.{kind}"
@@ -147,7 +154,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         count, config_path, dbid, set_name = positional
         if count == "all":
             limit = None
-        elif count.isdigit() and int(count) > 0:
+        elif re.fullmatch(r"[0-9]+", count) and int(count) > 0:
             limit = int(count)
         else:
             raise ConfigError(f"up: count must be 'all' or a positive number, not {count!r}")
@@ -155,6 +162,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         raise ConfigError("usage: orchestrator up [all|N] CONFIG DBID SET")
     config = load(config_path)
     migration_set = _resolve_set(config, set_name)
+    if set_name in config.sets and dbid in config.databases and dbid not in config.sets[set_name].targets:
+        log.warning("%s is not bound to %s in %s; applying as asked", set_name, dbid, config.path.name)
     target = _open(config, dbid)
     try:
         run(target, migration_set, limit=limit, lock_wait=defaults.LOCK_WAIT if args.lock_wait is None else args.lock_wait,
