@@ -86,13 +86,16 @@ def run(
     set_id = migration_set.name
     report = RunReport(set_id, target.dbid)
     rows = target.applied(set_id)
-    _raise_if_blocked(target, set_id, rows, config_name)
+    # A running row may be the lock holder's, still at work: only under the lock does it mean "interrupted".
+    blocker = blocking_row(rows)
+    if blocker is not None and blocker.status != "running":
+        _raise_if_blocked(target, set_id, rows, config_name)
     for m in migration_set.migrations:
         if m.version in rows:
             log.debug("%sskipping already applied: %s", prefix, m.version)
     pending, out_of_order = pending_migrations(migration_set, rows)
     report.already = len(migration_set.migrations) - len(pending)
-    if not pending:
+    if not pending and blocker is None:
         log.info("%sno new migrations", prefix)
         report.duration_ms = int((time.monotonic() - started) * 1000)
         return report
