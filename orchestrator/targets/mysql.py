@@ -19,12 +19,13 @@ import hashlib
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 from orchestrator import defaults
-from orchestrator.errors import ConfigError, LockHeld, MigrationError, TargetUnreachable
+from orchestrator.errors import ConfigError, LockHeld, MigrationError, OrchestratorError, TargetUnreachable
 from orchestrator.redact import redact
-from orchestrator.targets import Applied
+from orchestrator.targets import Applied, LedgerRow
 from orchestrator.targets._sql import SqlTarget
 
 if TYPE_CHECKING:
@@ -146,6 +147,14 @@ class MysqlTarget(SqlTarget):
 
         return _errno(exc) in _CONNECTION_LOST or (isinstance(exc, pymysql.err.InterfaceError) and _errno(exc) == 0)
 
+    @contextmanager
+    def _ledger_errors(self, what: str) -> Iterator[None]:
+        """A server error while handling the ledger or a lock becomes one line (missing privileges, mostly)."""
+        try:
+            yield
+        except self._driver_errors() as exc:
+            raise OrchestratorError(redact(f"{self.dbid}: {what}: error {_errno(exc)}: {_server_text(exc)}")) from None
+
     # -- ledger ----------------------------------------------------------------
 
     def _quote(self, name: str) -> str:
@@ -171,6 +180,18 @@ class MysqlTarget(SqlTarget):
 
     def _ledger_columns(self) -> set[str]:
         return set(self._ledger_info())
+
+    def applied(self, set_id: str) -> dict[str, LedgerRow]:
+        with self._ledger_errors(f"cannot read the ledger table {self.table}"):
+            return super().applied(set_id)
+
+    def record(self, set_id: str, version: str, checksum: str | None) -> None:
+        with self._ledger_errors(f"cannot record {version} in the ledger table {self.table}"):
+            super().record(set_id, version, checksum)
+
+    def forget(self, set_id: str, version: str) -> None:
+        with self._ledger_errors(f"cannot delete {version} from the ledger table {self.table}"):
+            super().forget(set_id, version)
 
     def _create_ledger_sql(self) -> list[str]:
         # utf8mb4_bin: versions compare byte by byte as the set orders them. The key
@@ -226,6 +247,10 @@ class MysqlTarget(SqlTarget):
         return steps
 
     def ensure_ledger(self) -> None:
+        with self._ledger_errors(f"cannot create or upgrade the ledger table {self.table}"):
+            self._ensure_ledger()
+
+    def _ensure_ledger(self) -> None:
         # Usually the ledger is current: one catalog read, no lock.
         if "set_id" in self._ledger_columns():
             return
@@ -250,7 +275,8 @@ class MysqlTarget(SqlTarget):
 
     def _try_lock(self, set_id: str) -> bool:
         # Non-blocking: SqlTarget.lock polls, so a held lock is reported, never waited on forever.
-        rows = self._execute("SELECT GET_LOCK(%s, 0)", (self._lock_name(set_id),))
+        with self._ledger_errors("cannot take the lock"):
+            rows = self._execute("SELECT GET_LOCK(%s, 0)", (self._lock_name(set_id),))
         return bool(rows) and rows[0][0] == 1
 
     def _unlock(self, set_id: str) -> None:
@@ -308,12 +334,13 @@ class MysqlTarget(SqlTarget):
         up = script.load_up() if script.kind == "py" else None
         started = time.monotonic()
         # Claim the version first: the primary key makes a racing runner's insert fail.
-        try:
-            self._insert_row(script.set_id, script.version, checksum, None, status="running")
-        except pymysql.err.IntegrityError as exc:
-            if _errno(exc) == _ER_DUP_ENTRY:
-                return None
-            raise
+        with self._ledger_errors(f"cannot record {script.version} as running in the ledger table {self.table}"):
+            try:
+                self._insert_row(script.set_id, script.version, checksum, None, status="running")
+            except pymysql.err.IntegrityError as exc:
+                if _errno(exc) == _ER_DUP_ENTRY:
+                    return None
+                raise
         try:
             count = self._run_body(script, up, in_transaction=False)
             self._end_of_migration(script)
@@ -321,11 +348,12 @@ class MysqlTarget(SqlTarget):
             self._record_failure(script, exc, started)
             raise
         duration = int((time.monotonic() - started) * 1000)
-        self._execute(
-            f"UPDATE {self._qualified_table()} SET status = 'applied', apply_time = %s, duration_ms = %s, "
-            "statement = NULL, error = NULL WHERE set_id = %s AND version = %s",
-            (int(time.time()), duration, script.set_id, script.version),
-        )
+        with self._ledger_errors(f"{script.version} ran, but marking it applied failed (it stays 'running')"):
+            self._execute(
+                f"UPDATE {self._qualified_table()} SET status = 'applied', apply_time = %s, duration_ms = %s, "
+                "statement = NULL, error = NULL WHERE set_id = %s AND version = %s",
+                (int(time.time()), duration, script.set_id, script.version),
+            )
         return Applied(script.version, count, duration)
 
     def _end_of_migration(self, script: Script) -> None:

@@ -296,9 +296,30 @@ def test_get_lock_holder_is_named_and_released(mysql_db: Any) -> None:
         assert second.holder(set_id) is None
         with second.lock(set_id, wait=0):
             pass
+        # Inside a migration, the holder also names the runner and the version from its running row.
+        first.ensure_ledger()
+        first._insert_row(set_id, "007_slow", None, None, status="running")
+        with first.lock(set_id, wait=0):
+            assert second.holder(set_id).endswith(f"pid {os.getpid()}, applying 007_slow)")
     finally:
         first.close()
         second.close()
+
+
+def test_missing_privileges_give_one_line_not_a_traceback(mysql_db: Any, project: Any, orchestrator: Any) -> None:
+    user = unique("orch_ro")
+    with mysql_connect() as conn, conn.cursor() as cur:
+        cur.execute("CREATE USER %s@'%%'", (user,))
+        cur.execute(f"GRANT SELECT ON `{mysql_db['dbname']}`.* TO %s@'%%'", (user,))
+    try:
+        config = setup_project(project, mysql_db, {"001_t.sql": "CREATE TABLE t (id INT);"}, user=user)
+        code, _, err = orchestrator("up", "all", config, "mysql.m1", "s1")
+        assert code == 1
+        assert f"mysql.m1: cannot create or upgrade the ledger table migration: error 1142: CREATE command denied to user '{user}'" in err
+        assert "Traceback" not in err and "internal error" not in err
+    finally:
+        with mysql_connect() as conn, conn.cursor() as cur:
+            cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
 
 
 # -- the dirty flag ------------------------------------------------------------
