@@ -1,0 +1,602 @@
+"""Redis target: ledger hashes, a renewed ``SET NX PX`` lock, ``.redis`` files in MULTI/EXEC.
+
+The ledger is readable with plain ``redis-cli`` (``<p>`` is the entry's ``prefix``,
+``<t>`` the ledger name from ``migrations.table``, ``migration`` by default):
+
+- ``<p><t>:<set>``: hash version -> apply_time (Unix seconds, as text), the applied versions;
+- ``<p><t>:<set>:meta``: hash version -> JSON (set_id, checksum, duration_ms, status,
+  statement, line, error, applied_by; apply_time too while not applied);
+- ``<p><t>:<set>:lock``: ``<random> <since> <host> pid <N>`` with a TTL, while a runner holds the set.
+
+A ``.redis`` file runs in one MULTI/EXEC together with a ``running`` claim in the
+meta hash, after WATCH on both hashes and a check that the version is not
+recorded, so racing runners apply it exactly once. Redis reports runtime errors
+(WRONGTYPE) only in EXEC's reply and never rolls back, so the version enters the
+version hash only once that reply shows every command succeeded; a failure, or a
+crash in between, leaves a ``failed`` or ``running`` meta entry that blocks the set
+until ``orchestrator resolve``: the ledger may say "unknown", never a false "applied".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from orchestrator import defaults
+from orchestrator.errors import FailedState, LockHeld, MigrationError, OrchestratorError, TargetUnreachable
+from orchestrator.redact import redact
+from orchestrator.targets import Applied, LedgerRow, runner_identity
+
+if TYPE_CHECKING:
+    from orchestrator.config import RedisConfig
+    from orchestrator.sets import Script
+
+__all__ = ["RedisTarget", "RedisHandle"]
+
+log = logging.getLogger("migrations")
+
+# Compare-and-renew and compare-and-delete: only the token's owner touches the lock.
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_RECORD = ("if redis.call('hexists', KEYS[1], ARGV[1]) == 1 then return 0 end "
+           "redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) redis.call('hset', KEYS[2], ARGV[1], ARGV[3]) return 1")
+
+_SKIPPED = ("MULTI", "EXEC")
+"""Transaction wrappers a file written for redis-cli may hold; the file already runs in one."""
+_FORBIDDEN = {
+    "SELECT": "it would send the ledger write to another database",
+    "SWAPDB": "it would swap the ledger away with the data",
+    "FLUSHDB": "it would delete the ledger",
+    "FLUSHALL": "it would delete the ledger",
+    "DISCARD": "the file runs in the runner's own MULTI/EXEC",
+    "WATCH": "the file runs in the runner's own MULTI/EXEC",
+    "UNWATCH": "the file runs in the runner's own MULTI/EXEC",
+    "RESET": "it would reset the runner's connection",
+    "QUIT": "it would close the runner's connection",
+    "AUTH": "it would change the runner's user",
+    "HELLO": "it would change the runner's protocol",
+    "MONITOR": "it never returns",
+    "SUBSCRIBE": "it never returns",
+    "PSUBSCRIBE": "it never returns",
+    "SSUBSCRIBE": "it never returns",
+}
+_SCRIPT_COMMANDS = ("EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO")
+_WATCH_RETRIES = 5
+_ERROR_MAX = 500
+
+
+def _command_name(argv: Sequence[str | bytes]) -> str:
+    name = argv[0]
+    return (name.decode("utf-8", "replace") if isinstance(name, bytes) else name).upper()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return redact(text[:_ERROR_MAX]) or type(exc).__name__
+
+
+def _roundtrip(conn: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Send commands in one write, read one reply each; error replies come back as exception objects."""
+    import redis
+
+    conn.send_packed_command(conn.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            # Undecoded: a migration's binary reply must not break the reply stream.
+            replies.append(conn.read_response(disable_decoding=True))
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+class _Heartbeat:
+    """Renews one lock's TTL every third of it until stopped; notes when the lock is gone."""
+
+    def __init__(self, target: RedisTarget, set_id: str, key: str, token: str, ttl_ms: int):
+        self.key, self.token, self.ttl_ms = key, token, ttl_ms
+        self.lost = False
+        self._target, self._set_id = target, set_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lock-heartbeat {target.dbid}/{set_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        interval = max(self.ttl_ms / 3000, 0.005)
+        while not self._stop.wait(interval):
+            try:
+                renewed = self._target._scripts["renew"](keys=[self.key], args=[self.token, self.ttl_ms])
+            except Exception as exc:  # a network blip: the TTL leaves room for the next beat
+                log.warning("%s/%s: renewing the lock failed: %s", self._target.dbid, self._set_id, _one_line(exc))
+                continue
+            if not renewed:
+                self.lost = True
+                log.warning("%s/%s: the lock expired or was taken over while held", self._target.dbid, self._set_id)
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+class RedisHandle:
+    """The ``db`` a Python migration's ``up(db)`` receives on Redis.
+
+    ``execute("SET k v")`` (redis-cli quoting) or ``execute(["SET", "k", "v"])`` runs
+    one command and returns its reply; ``params`` are extra arguments appended
+    unparsed. ``connection`` is the run's redis-py client (``decode_responses=True``:
+    replies are ``str``; pass ``NEVER_DECODE=True`` to ``execute_command`` for bytes).
+    ``prefix`` is the target's key prefix.
+    """
+
+    def __init__(self, target: RedisTarget, label: str):
+        self._target = target
+        self._label = label
+        self.dbid = target.dbid
+        self.driver = target.driver
+        self.prefix: str = target.db.prefix
+        self.statements = 0
+        self.failed_at: int | None = None
+        self._touched = False
+        self._wrote = False
+
+    @property
+    def connection(self) -> Any:
+        # What a migration does through the raw client cannot be counted: assume it wrote.
+        self._touched = True
+        return self._target.client
+
+    @property
+    def ran_any(self) -> bool:
+        """True when something may have changed the data: a write ran (reads and rejected commands change nothing)."""
+        return self._wrote or self._touched
+
+    def execute(self, command: str | Sequence[str | bytes | int | float], params: Sequence[Any] | None = None) -> Any:
+        """Run one command; returns its reply (redis-py's reply conversion applies)."""
+        import redis
+
+        from orchestrator.sets import split_redis_args
+
+        argv: list[Any] = split_redis_args(command) if isinstance(command, str) else list(command)
+        argv += list(params or ())
+        number = self.statements + 1
+        if not argv:
+            raise MigrationError(self._label, "execute() got an empty command", number)
+        _check_allowed(self._label, argv, number, None)
+        name = _command_name(argv)
+        try:
+            reply = self._target.client.execute_command(*argv)
+        except redis.ResponseError:
+            self.failed_at = number
+            if name in _SCRIPT_COMMANDS:
+                self._wrote = True  # a script stops at its error; what ran before it stays
+            raise
+        self.statements = number
+        if not self._wrote and not self._target._readonly(name):
+            self._wrote = True
+        return reply
+
+    def query(self, command: str | Sequence[str | bytes | int | float], params: Sequence[Any] | None = None) -> Any:
+        """Run one command and return its reply (same as :meth:`execute`)."""
+        return self.execute(command, params)
+
+
+def _check_allowed(label: str, argv: Sequence[Any], number: int, line: int | None) -> None:
+    name = _command_name(argv)
+    if name in _FORBIDDEN:
+        raise MigrationError(label, f"{name} is not allowed in a migration: {_FORBIDDEN[name]}", number, line)
+
+
+class RedisTarget:
+    """Target protocol on Redis (redis-py); one client, and one pool, per run."""
+
+    driver = "redis"
+
+    def __init__(self, db: RedisConfig, table: str):
+        self.db = db
+        self.dbid: str = db.dbid
+        self.table = table
+        self.client: Any = None
+        self.lock_ttl_ms: int = defaults.REDIS_LOCK_TTL_MS
+        """TTL of the lock key; the heartbeat renews it every third of it."""
+        self._scripts: dict[str, Any] = {}
+        self._locks: dict[str, _Heartbeat] = {}
+        self._readonly_cache: dict[str, bool] = {}
+
+    # -- connection ----------------------------------------------------------------
+
+    def connect(self, readonly: bool = False) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        db = self.db
+        self.client = redis.Redis(
+            host=db.ip, port=db.port, db=db.dbindex, username=db.user or None,
+            password=db.password.get_secret_value() or None, ssl=db.tls,
+            socket_connect_timeout=db.timeout, socket_timeout=db.timeout, decode_responses=True,
+            # No silent retries: a resent EXEC could apply a migration twice.
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            self.client.ping()  # redis-py connects lazily; reach and authenticate now
+        except redis.RedisError as exc:
+            self.client.close()
+            self.client = None
+            raise TargetUnreachable(self.dbid, self._connect_cause(exc)) from None
+        for name, source in (("renew", _RENEW), ("release", _RELEASE), ("record", _RECORD)):
+            self._scripts[name] = self.client.register_script(source)
+
+    def _connect_cause(self, exc: BaseException) -> str:
+        import redis
+
+        where = f"{self.db.ip}:{self.db.port}"
+        if isinstance(exc, redis.AuthenticationError):
+            who = f"user {self.db.user!r}" if self.db.user else "the default user"
+            return f"authentication failed at {where} as {who}: {_one_line(exc)}; check user and password in the config"
+        if isinstance(exc, redis.TimeoutError):
+            return f"no answer from {where} within {self.db.timeout}s (connection_timeout)"
+        if isinstance(exc, redis.ConnectionError):
+            return f"cannot connect to {where}: {_one_line(exc)}"
+        return f"{where} refused the session: {_one_line(exc)}"
+
+    @contextmanager
+    def _reachable(self, doing: str) -> Iterator[None]:
+        """Turn a lost connection into TargetUnreachable naming what was under way."""
+        import redis
+
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise TargetUnreachable(self.dbid, f"connection lost while {doing}: {_one_line(exc)}") from None
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection of our own for WATCH/MULTI/EXEC, so that replies map to commands one to one."""
+        pool = self.client.connection_pool
+        try:
+            conn = pool.get_connection()
+        except TypeError:  # redis-py before 5.3 wants a command name
+            conn = pool.get_connection("MULTI")
+        clean = False
+        try:
+            yield conn
+            clean = True
+        finally:
+            if not clean:
+                conn.disconnect()  # drops a pending WATCH, an open MULTI or a half-read reply
+            pool.release(conn)
+
+    def _readonly(self, name: str) -> bool:
+        """Whether the server flags command ``name`` read-only (COMMAND INFO); unknown counts as a write."""
+        if name not in self._readonly_cache:
+            try:
+                with self._connection() as conn:
+                    info = _roundtrip(conn, [("COMMAND", "INFO", name)])[0]
+                self._readonly_cache[name] = bool(info and info[0] and b"readonly" in info[0][2])
+            except Exception:  # no COMMAND permission, or an old server: assume it wrote
+                self._readonly_cache[name] = False
+        return self._readonly_cache[name]
+
+    def close(self) -> None:
+        for set_id in list(self._locks):
+            self._release(set_id, self._locks.pop(set_id))
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:  # closing is best effort
+                pass
+            self.client = None
+
+    # -- keys and ledger -------------------------------------------------------------
+
+    def _key(self, set_id: str, suffix: str = "") -> str:
+        return f"{self.db.prefix}{self.table}:{set_id}{suffix}"
+
+    def _meta(self, set_id: str, status: str, checksum: str | None, duration_ms: int | None = None,
+              statement: int | None = None, line: int | None = None, error: str | None = None) -> str:
+        entry: dict[str, Any] = {
+            "set_id": set_id, "checksum": checksum, "duration_ms": duration_ms, "status": status,
+            "statement": statement, "line": line, "error": redact(error)[:_ERROR_MAX] if error else None,
+            "applied_by": runner_identity(),
+        }
+        if status != "applied":
+            entry["apply_time"] = int(time.time())  # an applied row's time lives in the version hash
+        return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
+
+    def applied(self, set_id: str) -> dict[str, LedgerRow]:
+        import redis
+
+        ledger, meta = self._key(set_id), self._key(set_id, ":meta")
+        with self._reachable("reading the ledger"):
+            pipe = self.client.pipeline(transaction=True)  # one snapshot of both hashes
+            pipe.hgetall(ledger)
+            pipe.hgetall(meta)
+            try:
+                versions, metas = pipe.execute()
+            except redis.ResponseError as exc:
+                raise OrchestratorError(f"{self.dbid}: cannot read the ledger hashes {ledger} and {meta}: {_one_line(exc)}; "
+                                        "they must be hashes (or absent)") from None
+        rows: dict[str, LedgerRow] = {}
+        for version, stamp in versions.items():
+            info = _parse_meta(metas.get(version))
+            rows[version] = LedgerRow(
+                version=version, apply_time=_int(stamp), set_id=info.get("set_id") or set_id, checksum=info.get("checksum"),
+                duration_ms=info.get("duration_ms"), status="applied", applied_by=info.get("applied_by"),
+            )
+        for version, raw in metas.items():
+            info = _parse_meta(raw) if raw else {}
+            status = info.get("status") if raw else None
+            if version in rows or status == "applied":
+                continue  # only the version hash says "applied"; a stale meta entry alone means nothing
+            rows[version] = LedgerRow(
+                version=version, apply_time=_int(info.get("apply_time")), set_id=info.get("set_id") or set_id,
+                checksum=info.get("checksum"), duration_ms=info.get("duration_ms"),
+                status=status if status in ("failed", "running") else "failed",
+                statement=info.get("statement"), error=info.get("error") or ("unreadable meta entry" if not info else None),
+                applied_by=info.get("applied_by"),
+            )
+        return dict(sorted(rows.items()))
+
+    def ensure_ledger(self) -> None:
+        """Nothing to create: the hashes appear with their first entry."""
+
+    def record(self, set_id: str, version: str, checksum: str | None) -> None:
+        with self._reachable("recording a version"):
+            self._scripts["record"](keys=[self._key(set_id), self._key(set_id, ":meta")],
+                                    args=[version, int(time.time()), self._meta(set_id, "applied", checksum, 0)])
+
+    def forget(self, set_id: str, version: str) -> None:
+        with self._reachable("forgetting a version"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(self._key(set_id), version)
+            pipe.hdel(self._key(set_id, ":meta"), version)
+            pipe.execute()
+
+    # -- locking ---------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, set_id: str, wait: float = defaults.LOCK_WAIT) -> Iterator[None]:
+        if set_id in self._locks:  # re-entrant within one run
+            yield
+            return
+        key = self._key(set_id, ":lock")
+        token = f"{secrets.token_hex(8)} {int(time.time())} {runner_identity()}"
+        ttl = int(self.lock_ttl_ms)
+        deadline = time.monotonic() + wait
+        with self._reachable("taking the lock"):
+            while not self.client.set(key, token, nx=True, px=ttl):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LockHeld(self.dbid, set_id, self.holder(set_id) or "")
+                time.sleep(min(defaults.LOCK_POLL, remaining))
+        self._locks[set_id] = _Heartbeat(self, set_id, key, token, ttl)
+        try:
+            yield
+        finally:
+            beat = self._locks.pop(set_id, None)
+            if beat is not None:
+                self._release(set_id, beat)
+
+    def _release(self, set_id: str, beat: _Heartbeat) -> None:
+        # Runs in finally blocks and close(): log, never raise over the first failure.
+        beat.stop()
+        try:
+            if not self._scripts["release"](keys=[beat.key], args=[beat.token]):
+                log.warning("%s/%s: the lock had expired or was taken over; left to its new holder", self.dbid, set_id)
+        except Exception as exc:
+            log.warning("%s/%s: releasing the lock failed (it expires within %d ms): %s", self.dbid, set_id, beat.ttl_ms, _one_line(exc))
+
+    def holder(self, set_id: str) -> str | None:
+        """``host pid N since HH:MM:SSZ`` of the lock's holder ("" for a foreign value), None when free."""
+        with self._reachable("reading the lock"):
+            value = self.client.get(self._key(set_id, ":lock"))
+        if value is None:
+            return None
+        parts = value.split(" ", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            return ""
+        since = datetime.fromtimestamp(int(parts[1]), timezone.utc).strftime("%H:%M:%SZ")
+        return f"{parts[2]} since {since}"
+
+    # -- applying ----------------------------------------------------------------------
+
+    def apply(self, script: Script) -> Applied | None:
+        checksum, no_transaction = script.inspect()
+        beat = self._locks.get(script.set_id)
+        if beat is not None and beat.lost:
+            raise LockHeld(self.dbid, script.set_id, self.holder(script.set_id) or "")
+        if script.kind == "py":
+            return self._apply_python(script, checksum)
+        commands = script.redis_commands()
+        body = []
+        for number, (line, argv) in enumerate(commands, 1):
+            _check_allowed(script.label, argv, number, line)
+            if _command_name(argv) in _SKIPPED:
+                log.debug("%s: statement %d (line %d): %s skipped, the file already runs in MULTI/EXEC", script.label, number, line, argv[0])
+            else:
+                body.append((number, line, argv))
+        if no_transaction:
+            return self._apply_one_by_one(script, checksum, body)
+        started = time.monotonic()
+        results = self._claim(script, checksum, body)
+        if results is None:
+            return None
+        duration = int((time.monotonic() - started) * 1000)
+        failures = [(step, reply) for step, reply in zip(body, results) if isinstance(reply, Exception)]
+        if failures:
+            (number, line, _), exc = failures[0]
+            more = f" ({len(failures) - 1} more command(s) failed too)" if len(failures) > 1 else ""
+            self._fail(script, checksum, duration, number, line, _one_line(exc))
+            raise MigrationError(script.label, f"{_one_line(exc)}{more}; the file's other commands were applied "
+                                 "(Redis does not roll back), recorded as failed", number, line)
+        self._promote(script, checksum, duration)
+        return Applied(script.version, len(body), duration)
+
+    def _claim(self, script: Script, checksum: str, body: list[tuple[int, int, list[Any]]]) -> list[Any] | None:
+        """Run ``body`` in MULTI/EXEC with a ``running`` meta entry, if the version is still unrecorded.
+
+        Returns the body's replies (errors as exception objects), or None when the
+        ledger already holds the version. Raises MigrationError when Redis refused
+        the transaction at queue time (nothing ran) and FailedState when another
+        runner recorded the version failed or running.
+        """
+        ledger, meta, version = self._key(script.set_id), self._key(script.set_id, ":meta"), script.version
+        running = self._meta(script.set_id, "running", checksum)
+        for _ in range(_WATCH_RETRIES):
+            with self._reachable(f"applying {script.label}"), self._connection() as conn:
+                # An empty MULTI/EXEC first: if this user may not run them, the body would
+                # otherwise run outside any transaction.
+                probe = _roundtrip(conn, [("MULTI",), ("EXEC",), ("WATCH", ledger, meta), ("HEXISTS", ledger, version), ("HGET", meta, version)])
+                for reply in probe:
+                    if isinstance(reply, Exception):
+                        raise OrchestratorError(f"{self.dbid}/{script.set_id}: cannot check the ledger before {script.label}: "
+                                                f"{_one_line(reply)}; the user needs MULTI, EXEC, WATCH and hash commands on {ledger}*")
+                info = _parse_meta(probe[4]) if probe[4] is not None else {}
+                if probe[3] or info.get("status") in ("failed", "running"):
+                    _roundtrip(conn, [("UNWATCH",)])
+                    if probe[3]:
+                        return None
+                    raise FailedState(f"{self.dbid}/{script.set_id}: {version} was recorded {info['status']} by "
+                                      f"{info.get('applied_by') or 'another runner'} meanwhile; see 'orchestrator resolve'")
+                replies = _roundtrip(conn, [("MULTI",), *(argv for _, _, argv in body), ("HSET", meta, version, running), ("EXEC",)])
+                outcome = replies[-1]
+                if outcome is None:
+                    continue  # WATCH fired: another client wrote the ledger; look again
+                if isinstance(outcome, Exception):
+                    queued = [(i, r) for i, r in enumerate(replies[1:-1]) if isinstance(r, Exception)]
+                    conn.disconnect()  # whatever refused EXEC, leave no transaction open
+                    if queued and queued[0][0] < len(body):
+                        number, line, _ = body[queued[0][0]]
+                        raise MigrationError(script.label, f"{_one_line(queued[0][1])}; nothing was applied (Redis refused the transaction)",
+                                             number, line)
+                    cause = queued[0][1] if queued else outcome
+                    raise OrchestratorError(f"{self.dbid}/{script.set_id}: cannot run {script.label} with its ledger entry: "
+                                            f"{_one_line(cause)}; nothing was applied")
+                if isinstance(outcome[-1], Exception):  # the claim itself failed at run time: keep the body's outcome visible
+                    raise OrchestratorError(f"{self.dbid}/{script.set_id}: {script.label} ran but its ledger entry failed: "
+                                            f"{_one_line(outcome[-1])}; check {meta}, then 'orchestrator resolve'")
+                return list(outcome[:-1])
+        raise OrchestratorError(f"{self.dbid}/{script.set_id}: the ledger kept changing under {script.label}; "
+                                "another client writes it, try again")
+
+    def _promote(self, script: Script, checksum: str, duration: int) -> None:
+        """running -> applied: the version enters the version hash."""
+        import redis
+
+        doing = f"recording {script.label} applied (it ran; until recorded it stays 'running')"
+        with self._reachable(doing):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(self._key(script.set_id), script.version, int(time.time()))
+            pipe.hset(self._key(script.set_id, ":meta"), script.version, self._meta(script.set_id, "applied", checksum, duration))
+            try:
+                pipe.execute()
+            except redis.ResponseError as exc:
+                raise OrchestratorError(f"{self.dbid}/{script.set_id}: {doing}: {_one_line(exc)}; "
+                                        "check the data, then 'orchestrator resolve --mark-applied'") from None
+
+    def _fail(self, script: Script, checksum: str, duration: int, statement: int | None, line: int | None, error: str) -> None:
+        """running -> failed; on error the entry stays ``running``, which blocks the set just the same."""
+        try:
+            self.client.hset(self._key(script.set_id, ":meta"), script.version,
+                             self._meta(script.set_id, "failed", checksum, duration, statement, line, error))
+        except Exception as exc:
+            log.warning("%s: recording the failure of %s failed (it stays 'running'): %s", self.dbid, script.label, _one_line(exc))
+
+    def _unclaim(self, script: Script) -> None:
+        """Nothing ran: remove the ``running`` entry so that the set is not blocked."""
+        try:
+            self.client.hdel(self._key(script.set_id, ":meta"), script.version)
+        except Exception as exc:
+            log.warning("%s: clearing the claim of %s failed (it stays 'running'): %s", self.dbid, script.label, _one_line(exc))
+
+    def _apply_one_by_one(self, script: Script, checksum: str, body: list[tuple[int, int, list[Any]]]) -> Applied | None:
+        """``# orchestrator: no-transaction``: commands run one at a time, other clients interleave."""
+        started = time.monotonic()
+        if self._claim(script, checksum, []) is None:
+            return None
+        ran, wrote = 0, False
+        for number, line, argv in body:
+            with self._reachable(f"applying {script.label} (statement {number}; it stays 'running')"), self._connection() as conn:
+                reply = _roundtrip(conn, [argv])[0]
+            if isinstance(reply, Exception):
+                duration = int((time.monotonic() - started) * 1000)
+                if wrote or _command_name(argv) in _SCRIPT_COMMANDS:
+                    self._fail(script, checksum, duration, number, line, _one_line(reply))
+                    raise MigrationError(script.label, f"{_one_line(reply)}; the commands before it stay applied, recorded as failed",
+                                         number, line)
+                self._unclaim(script)
+                raise MigrationError(script.label, f"{_one_line(reply)}; nothing was applied", number, line)
+            ran += 1
+            wrote = wrote or not self._readonly(_command_name(argv))
+        duration = int((time.monotonic() - started) * 1000)
+        self._promote(script, checksum, duration)
+        return Applied(script.version, ran, duration)
+
+    def _apply_python(self, script: Script, checksum: str) -> Applied | None:
+        import redis
+
+        up = script.load_up()
+        started = time.monotonic()
+        if self._claim(script, checksum, []) is None:
+            return None
+        handle = RedisHandle(self, script.label)
+        failure: OrchestratorError | None = None
+        try:
+            if up(handle) is False:
+                failure = MigrationError(script.label, "up() returned False", handle.failed_at)
+        except OrchestratorError as exc:
+            failure = exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Outcome unknown: the claim stays 'running' and blocks the set.
+            raise TargetUnreachable(self.dbid, f"connection lost while applying {script.label} (it stays 'running'): "
+                                    f"{_one_line(exc)}") from None
+        except Exception as exc:
+            failure = MigrationError(script.label, f"up() raised {type(exc).__name__}: {_one_line(exc)}".rstrip(": "),
+                                     handle.failed_at, _raise_line(exc, script))
+        duration = int((time.monotonic() - started) * 1000)
+        if failure is None:
+            self._promote(script, checksum, duration)
+            return Applied(script.version, handle.statements, duration)
+        if handle.ran_any:
+            line = failure.line if isinstance(failure, MigrationError) else None
+            message = failure.message if isinstance(failure, MigrationError) else str(failure)
+            self._fail(script, checksum, duration, handle.failed_at, line, message)
+        else:
+            self._unclaim(script)
+        raise failure
+
+
+def _raise_line(exc: BaseException, script: Script) -> int | None:
+    """The line of the migration file where ``exc`` was raised (deepest frame in that file)."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == str(script.path):
+            line = frame.lineno
+    return line
+
+
+def _parse_meta(raw: str | bytes | None) -> dict[str, Any]:
+    """A meta entry as a dict; {} for a missing or hand-edited entry that is not a JSON object."""
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return 0
