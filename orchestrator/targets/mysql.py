@@ -50,6 +50,7 @@ _CONNECT_HINTS = {
     1045: "check user and password in the config",
     1049: "create the database or fix dbname in the config",
     2003: "is the server running and listening there?",
+    2013: "the server did not answer within connection_timeout",
     2026: "the server does not offer TLS; set tls to false or enable TLS on the server",
 }
 _AT_LINE = re.compile(r" at line (\d+)\s*$")
@@ -113,11 +114,15 @@ class MysqlTarget(SqlTarget):
                 database=db.dbname,
                 charset=db.charset,
                 connect_timeout=db.timeout,
+                # Bounds the handshake too: a server that accepts and never answers must not hang a worker.
+                read_timeout=db.timeout,
                 autocommit=True,
                 local_infile=False,
                 program_name="orchestrator",
                 **tls,
             )
+            # Migrations may run for hours: no read timeout once connected (PyMySQL has no public setter).
+            self.connection._read_timeout = None
         except pymysql.err.MySQLError as exc:
             self.connection = None
             code = _errno(exc)

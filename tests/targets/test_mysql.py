@@ -154,6 +154,23 @@ def test_password_user_applies_and_password_never_printed(
     assert ledger(mysql_db)["001_t"]["status"] == "applied"
 
 
+def test_a_server_that_never_answers_is_unreachable_after_the_timeout(mysql_db: Any) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)  # accepts TCP connections, never sends a handshake
+        with pytest.raises(TargetUnreachable) as unreachable:
+            make_target(mysql_db, port=silent.getsockname()[1], connection_timeout=1)
+    assert "error 2013" in str(unreachable.value) and "did not answer within connection_timeout" in str(unreachable.value)
+
+
+def test_long_statements_are_not_cut_by_the_connect_timeout(mysql_db: Any) -> None:
+    target = make_target(mysql_db, connection_timeout=1)
+    try:
+        assert target._execute("SELECT SLEEP(1.2)") == ((0,),)
+    finally:
+        target.close()
+
+
 def test_unknown_charset_is_a_config_error(mysql_db: Any, project: Any, orchestrator: Any) -> None:
     config = setup_project(project, mysql_db, {"001_t.sql": "SELECT 1;"}, charset="klingon")
     code, _, err = orchestrator("up", "all", config, "mysql.m1", "s1")
