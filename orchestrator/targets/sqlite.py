@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,12 +53,18 @@ class SqliteTarget(SqlTarget):
                 uri = f"{path.resolve().as_uri()}?mode=ro"
                 self.connection = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
             else:
+                new = not path.exists()
                 if not path.parent.is_dir():
                     # A new database's folder is created as the file is (var/ of a fresh checkout).
-                    path.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                    except (FileExistsError, NotADirectoryError):
+                        raise TargetUnreachable(self.dbid, f"cannot create folder {path.parent}: part of that path is a file") from None
                 self.connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
                 self.connection.execute(f"PRAGMA busy_timeout = {int(self.db.busy_timeout)}")
                 self._set_journal_mode()
+                if new:  # said out loud: a typo in the path would otherwise quietly start a new database
+                    log.info("%s: created new database %s", self.dbid, path)
         except (sqlite3.Error, OSError, ValueError) as exc:
             if self.connection is not None:
                 self.connection.close()
@@ -67,11 +74,25 @@ class SqliteTarget(SqlTarget):
 
     def _set_journal_mode(self) -> None:
         wanted = self.db.journal_mode.lower()
-        mode = self.connection.execute("PRAGMA journal_mode").fetchone()[0]
-        if mode.lower() == wanted:
-            return
-        # The pragma answers with the mode in force; SQLite keeps the old one when it cannot switch.
-        mode = self.connection.execute(f"PRAGMA journal_mode = {wanted.upper()}").fetchone()[0]
+        # Switching needs the file to itself and SQLite does not apply busy_timeout to it,
+        # so poll for up to busy_timeout; another runner may also switch it meanwhile.
+        deadline = time.monotonic() + self.db.busy_timeout / 1000
+        while True:
+            mode = self.connection.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.lower() == wanted:
+                return
+            try:
+                # The pragma answers with the mode in force; SQLite keeps the old one when it cannot switch.
+                mode = self.connection.execute(f"PRAGMA journal_mode = {wanted.upper()}").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    log.warning("%s: journal_mode stays %s for this run: another connection is using %s",
+                                self.dbid, mode.upper(), self.db.path)
+                    return
+                time.sleep(0.02)
         if mode.lower() != wanted:
             log.warning("%s: journal_mode stays %s: SQLite refused %s for %s", self.dbid, mode.upper(), wanted.upper(), self.db.path)
 
@@ -119,6 +140,14 @@ class SqliteTarget(SqlTarget):
                     log.warning("%s: statement %d (line %d): PRAGMA foreign_keys has no effect inside a transaction, "
                                 "foreign keys stay %s%s", script.label, statement.number, statement.line,
                                 "ON" if current else "OFF", _NO_TRANSACTION_HINT)
+
+    def apply(self, script: Script) -> Any:
+        try:
+            return super().apply(script)
+        except sqlite3.Error as exc:
+            # The body's own failures are MigrationErrors already; this is the ledger
+            # check, the ledger row or the commit (disk full, I/O error), all rolled back.
+            raise MigrationError(script.label, f"recording it failed, the migration was rolled back: {' '.join(str(exc).split())}") from None
 
     def _begin(self) -> None:
         # IMMEDIATE takes the write lock now, so the ledger check that follows cannot go stale.
