@@ -81,6 +81,7 @@ class PostgresqlTarget(SqlTarget):
         self._search_path = ""
         self._session_ready = False
         self._waits: dict[str, float] = {}
+        self._cursor: Any = None
 
     # -- connection ------------------------------------------------------------
 
@@ -103,6 +104,7 @@ class PostgresqlTarget(SqlTarget):
         except psycopg.Error as exc:
             self.connection = None
             raise TargetUnreachable(self.dbid, self._connect_cause(exc)) from None
+        self._cursor = None
         self.connection.add_notice_handler(self._on_notice)
         self._table_sql = sql.Identifier(self.schema, self.table).as_string(self.connection)
         self._regclass = self._table_sql
@@ -118,7 +120,7 @@ class PostgresqlTarget(SqlTarget):
             reason = "connection refused; is the server running there and accepting TCP/IP connections?"
         elif "timeout expired" in low:
             reason = f"no answer within {self.db.timeout} s; check ip, port and firewalls"
-        elif "password authentication failed" in low or "password is required" in low or "no password supplied" in low:
+        elif "authentication failed" in low or "password is required" in low or "no password supplied" in low:
             reason += "; check user and password in the config"
         elif re.search(r'database ".*" does not exist', reason):
             reason += "; create it or fix dbname in the config"
@@ -146,8 +148,15 @@ class PostgresqlTarget(SqlTarget):
     def _execute(self, sql: str, params: Any = None) -> Any:
         import psycopg
 
+        cur = self._cursor
+        if cur is None or cur.closed:
+            # One cursor for the session: a script of 100k statements pays for one, not 100k.
+            cur = self._cursor = self.connection.cursor()
         try:
-            return super()._execute(sql, params)
+            # Statements without parameters go over the simple query protocol, as psql sends them;
+            # they are not counted for server-side preparation (a big script would churn that cache).
+            cur.execute(sql, params, prepare=False if params is None else None)
+            return cur.fetchall() if cur.description else None
         except psycopg.OperationalError as exc:
             if self.connection is not None and (self.connection.broken or self.connection.closed):
                 raise TargetUnreachable(self.dbid, f"connection lost: {redact(server_message(exc))}") from None
@@ -181,6 +190,8 @@ class PostgresqlTarget(SqlTarget):
         try:
             return super().applied(set_id)
         except self._driver_errors() as exc:
+            if self._is_missing_column(exc):
+                self._level(self._ledger_columns())  # says so when the table is not a ledger at all
             raise self._fail("cannot read the ledger", exc) from None
 
     def _ledger_columns(self) -> set[str]:
@@ -371,6 +382,19 @@ class PostgresqlTarget(SqlTarget):
         duration = int((time.monotonic() - started) * 1000)
         self._execute(mark, ("applied", duration, int(time.time()), None, None, script.set_id, script.version))
         return Applied(script.version, count, duration)
+
+    def _after_statement(self, script: Script, statement: Any, in_transaction: bool) -> None:
+        from psycopg.pq import TransactionStatus
+
+        # A ROLLBACK, COMMIT PREPARED or up()'s own commit() would let the rest run unguarded and split the ledger row off.
+        if in_transaction and self.connection.info.transaction_status == TransactionStatus.IDLE:
+            what = "this statement ended" if statement is not None else "up() ended"
+            raise MigrationError(
+                script.label,
+                f"{what} the migration's transaction; remove the COMMIT/ROLLBACK, or make the file's first line "
+                "'-- orchestrator: no-transaction'",
+                statement.number if statement is not None else None, statement.line if statement is not None else None,
+            )
 
     def _error_message(self, exc: BaseException, statement: Any) -> tuple[str, int | None]:
         """The server's message and the file line it points at (error position, or the DO block's line)."""
