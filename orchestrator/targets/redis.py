@@ -51,22 +51,13 @@ _RECORD = ("if redis.call('hexists', KEYS[1], ARGV[1]) == 1 then return 0 end "
 _SKIPPED = ("MULTI", "EXEC")
 """Transaction wrappers a file written for redis-cli may hold; the file already runs in one."""
 _FORBIDDEN = {
-    "SELECT": "it would send the ledger write to another database",
-    "SWAPDB": "it would swap the ledger away with the data",
-    "FLUSHDB": "it would delete the ledger",
-    "FLUSHALL": "it would delete the ledger",
-    "DISCARD": "the file runs in the runner's own MULTI/EXEC",
-    "WATCH": "the file runs in the runner's own MULTI/EXEC",
-    "UNWATCH": "the file runs in the runner's own MULTI/EXEC",
-    "RESET": "it would reset the runner's connection",
-    "QUIT": "it would close the runner's connection",
-    "AUTH": "it would change the runner's user",
-    "HELLO": "it would change the runner's protocol",
-    "MONITOR": "it never returns",
-    "SUBSCRIBE": "it never returns",
-    "PSUBSCRIBE": "it never returns",
-    "SSUBSCRIBE": "it never returns",
+    **dict.fromkeys(("SELECT", "SWAPDB"), "it would part the data from its ledger, which lives in this database"),
+    **dict.fromkeys(("FLUSHDB", "FLUSHALL"), "it would delete the ledger"),
+    **dict.fromkeys(("DISCARD", "WATCH", "UNWATCH"), "the file runs in the runner's own MULTI/EXEC"),
+    **dict.fromkeys(("RESET", "QUIT", "AUTH", "HELLO"), "it would change or end the runner's connection"),
+    **dict.fromkeys(("MONITOR", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"), "it never returns"),
 }
+"""Commands a migration may not run, with the reason its error gives."""
 _SCRIPT_COMMANDS = ("EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO")
 _WATCH_RETRIES = 5
 _ERROR_MAX = 500
@@ -219,13 +210,18 @@ class RedisTarget:
         from redis.retry import Retry
 
         db = self.db
-        self.client = redis.Redis(
+        options: dict[str, Any] = dict(
             host=db.ip, port=db.port, db=db.dbindex, username=db.user or None,
             password=db.password.get_secret_value() or None, ssl=db.tls,
             socket_connect_timeout=db.timeout, socket_timeout=db.timeout, decode_responses=True,
             # No silent retries: a resent EXEC could apply a migration twice.
             retry=Retry(NoBackoff(), 0),
         )
+        # No CLIENT SETINFO on connect: two round trips, half the cost of a connect.
+        try:
+            self.client = redis.Redis(**options, driver_info=None)
+        except TypeError:  # redis-py before driver_info
+            self.client = redis.Redis(**options, lib_name=None, lib_version=None)
         try:
             self.client.ping()  # redis-py connects lazily; reach and authenticate now
         except redis.RedisError as exc:
@@ -239,24 +235,31 @@ class RedisTarget:
         import redis
 
         where = f"{self.db.ip}:{self.db.port}"
+        reason = _one_line(exc).rstrip(".")
         if isinstance(exc, redis.AuthenticationError):
             who = f"user {self.db.user!r}" if self.db.user else "the default user"
-            return f"authentication failed at {where} as {who}: {_one_line(exc)}; check user and password in the config"
+            return f"authentication failed at {where} as {who}: {reason}; check user and password in the config"
         if isinstance(exc, redis.TimeoutError):
             return f"no answer from {where} within {self.db.timeout}s (connection_timeout)"
         if isinstance(exc, redis.ConnectionError):
-            return f"cannot connect to {where}: {_one_line(exc)}"
-        return f"{where} refused the session: {_one_line(exc)}"
+            os_error = exc.__cause__ or exc.__context__  # redis-py wraps the socket error in a sentence naming host and port
+            if isinstance(os_error, OSError) and os_error.strerror:
+                reason = os_error.strerror
+            return f"cannot connect to {where}: {reason}"
+        return f"{where} refused the session: {reason}"
 
     @contextmanager
     def _reachable(self, doing: str) -> Iterator[None]:
-        """Turn a lost connection into TargetUnreachable naming what was under way."""
+        """Turn a lost connection into TargetUnreachable, a refused command into one line, both naming what was under way."""
         import redis
 
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise TargetUnreachable(self.dbid, f"connection lost while {doing}: {_one_line(exc)}") from None
+        except redis.ResponseError as exc:
+            hint = "; the ACL user needs hash, string, scripting and transaction commands on these keys" if "NOPERM" in str(exc) else ""
+            raise OrchestratorError(f"{self.dbid}: Redis refused {doing}: {_one_line(exc)}{hint}") from None
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -317,14 +320,16 @@ class RedisTarget:
 
         ledger, meta = self._key(set_id), self._key(set_id, ":meta")
         with self._reachable("reading the ledger"):
-            pipe = self.client.pipeline(transaction=True)  # one snapshot of both hashes
+            # One round trip, no MULTI, so that a read-only ACL user can read status. A write
+            # landing between the two reads is harmless: only the version hash says "applied".
+            pipe = self.client.pipeline(transaction=False)
             pipe.hgetall(ledger)
             pipe.hgetall(meta)
             try:
                 versions, metas = pipe.execute()
             except redis.ResponseError as exc:
-                raise OrchestratorError(f"{self.dbid}: cannot read the ledger hashes {ledger} and {meta}: {_one_line(exc)}; "
-                                        "they must be hashes (or absent)") from None
+                hint = "; they must be hashes (or absent)" if "WRONGTYPE" in str(exc) else ""
+                raise OrchestratorError(f"{self.dbid}: cannot read the ledger hashes {ledger} and {meta}: {_one_line(exc)}{hint}") from None
         rows: dict[str, LedgerRow] = {}
         for version, stamp in versions.items():
             info = _parse_meta(metas.get(version))
@@ -378,6 +383,7 @@ class RedisTarget:
                 if remaining <= 0:
                     raise LockHeld(self.dbid, set_id, self.holder(set_id) or "")
                 time.sleep(min(defaults.LOCK_POLL, remaining))
+        self._check_scripting(set_id, key, token, ttl)
         self._locks[set_id] = _Heartbeat(self, set_id, key, token, ttl)
         try:
             yield
@@ -385,6 +391,18 @@ class RedisTarget:
             beat = self._locks.pop(set_id, None)
             if beat is not None:
                 self._release(set_id, beat)
+
+    def _check_scripting(self, set_id: str, key: str, token: str, ttl: int) -> None:
+        """Renew once now: a user who may not run scripts learns it before the migrations, not at release."""
+        import redis
+
+        try:
+            self._scripts["renew"](keys=[key], args=[token, ttl])
+        except redis.ResponseError as exc:
+            with self._reachable("dropping the lock"):
+                self.client.delete(key)  # just taken, still ours
+            raise OrchestratorError(f"{self.dbid}/{set_id}: cannot renew the lock: {_one_line(exc)}; the lock's renewal and "
+                                    "safe release need EVALSHA and SCRIPT LOAD (+@scripting) for this user") from None
 
     def _release(self, set_id: str, beat: _Heartbeat) -> None:
         # Runs in finally blocks and close(): log, never raise over the first failure.

@@ -112,6 +112,28 @@ def test_bad_credentials_are_unreachable_naming_the_target_never_the_password(pr
     assert not keys(redis_prefix)
 
 
+@pytest.mark.parametrize(("denied", "expected"), [
+    ("-multi", "no permissions to run the 'multi' command; the user needs MULTI, EXEC, WATCH"),
+    ("-@scripting", "cannot renew the lock: this user has no permissions to run the 'evalsha' command"),
+])
+def test_a_user_without_transactions_or_scripts_is_stopped_before_anything_runs(project: Any, redis_prefix: Any, orchestrator: Any,
+                                                                                 denied: str, expected: str) -> None:
+    """Without MULTI the file would run outside any transaction; without scripts the lock could not be renewed or released."""
+    user, password = unique("orch_user"), unique("pw")
+    admin = raw_client()
+    admin.execute_command("ACL", "SETUSER", user, "on", f">{password}", f"~{redis_prefix['prefix']}*", "+@all", denied)
+    try:
+        config = setup_project(project, {**redis_prefix, "user": user, "password": password},
+                               {"2024-01-01_00-00-00_a.redis": "SET {p}a 1\n"})
+        code, _, err = orchestrator("up", "all", config, "redis.r1", "s1")
+        assert code == 1 and expected in err, err
+        assert not keys(redis_prefix)  # nothing applied, no ledger entry, no lock left behind
+        code, out, err = orchestrator("status", config)  # reading needs neither
+        assert code == 0 and "pending" in out, err
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+
+
 def test_refused_port_is_unreachable_at_once(project: Any, redis_prefix: Any, orchestrator: Any) -> None:
     port = free_port()
     config = setup_project(project, {**redis_prefix, "port": port}, {"2024-01-01_00-00-00_a.redis": "SET {p}x 1\n"})
