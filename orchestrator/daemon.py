@@ -298,6 +298,8 @@ class Daemon:
         self._watch_thread: threading.Thread | None = None
         self._stop_signal = 0
         self._hups = 0
+        self._inflight = 0  # runs in progress; stop() waits for them before shutting the scheduler down
+        self._idle = threading.Condition()
 
     # -- StatusSource ------------------------------------------------------------
 
@@ -427,6 +429,11 @@ class Daemon:
         if first and self._stop_signal:
             name = signal.Signals(self._stop_signal).name
             log.info("%s: stopping; runs in progress finish their current migration (send %s again to exit at once)", name, name)
+        # Wait for the runs in flight here, not in scheduler.shutdown(): it holds the job store
+        # lock while it waits, and a finishing run still schedules its retry through that lock.
+        with self._idle:
+            while self._inflight:
+                self._idle.wait(0.2)
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=True)
         if self._watch_thread is not None:
@@ -534,6 +541,18 @@ class Daemon:
 
     def _tick(self, name: str, reason: str) -> list[_Outcome]:
         """The job body: run the set, and again while triggers arrived meanwhile."""
+        with self._idle:
+            if self._stopping.is_set():
+                return []
+            self._inflight += 1
+        try:
+            return self._tick_runs(name, reason)
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def _tick_runs(self, name: str, reason: str) -> list[_Outcome]:
         runs = self._runs_of(name)
         with runs.guard:
             if runs.running:
