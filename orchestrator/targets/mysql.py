@@ -19,11 +19,18 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import defaults
-from orchestrator.errors import ConfigError, LockHeld, MigrationError, OrchestratorError, TargetUnreachable
+from orchestrator.errors import (
+    ConfigError,
+    LockHeld,
+    MigrationError,
+    OrchestratorError,
+    TargetUnreachable,
+)
 from orchestrator.redact import redact
 from orchestrator.targets import Applied, LedgerRow
 from orchestrator.targets._sql import SqlTarget
@@ -54,7 +61,7 @@ _CONNECT_HINTS = {
     2026: "the server does not offer TLS; set tls to false or enable TLS on the server",
 }
 _AT_LINE = re.compile(r" at line (\d+)\s*$")
-_MAYBE_USE = re.compile(r"(?:^|;)\s*use\s", re.I | re.M)
+_MAYBE_USE = re.compile(r"(?:^|;)\s*use\s", re.IGNORECASE | re.MULTILINE)
 
 
 def lock_name(dbname: str, table: str, scope: str) -> str:
@@ -188,7 +195,18 @@ class MysqlTarget(SqlTarget):
 
     def applied(self, set_id: str) -> dict[str, LedgerRow]:
         with self._ledger_errors(f"cannot read the ledger table {self.table}"):
-            return super().applied(set_id)
+            try:
+                return super().applied(set_id)
+            except self._driver_errors() as exc:
+                if self._is_missing_column(exc):  # not even the C tool's (version, apply_time)
+                    raise self._not_a_ledger() from None
+                raise
+
+    def _not_a_ledger(self) -> OrchestratorError:
+        return OrchestratorError(
+            f"{self.dbid}: table {self.db.dbname}.{self.table} exists but is not a migration ledger "
+            "(no version and apply_time columns); set migrations.table to another name"
+        )
 
     def record(self, set_id: str, version: str, checksum: str | None) -> None:
         with self._ledger_errors(f"cannot record {version} in the ledger table {self.table}"):
@@ -202,7 +220,7 @@ class MysqlTarget(SqlTarget):
         # utf8mb4_bin: versions compare byte by byte as the set orders them. The key
         # is 4 * (100 + 180) = 1120 bytes: within InnoDB's 3072-byte key limit, and
         # each column within the 767-byte limit of the old COMPACT row format.
-        return [
+        create = (
             f"CREATE TABLE IF NOT EXISTS {self._qualified_table()} ("
             "set_id VARCHAR(100) NOT NULL DEFAULT '', "
             f"version VARCHAR({defaults.VERSION_MAX_LENGTH}) NOT NULL, "
@@ -215,7 +233,8 @@ class MysqlTarget(SqlTarget):
             "applied_by VARCHAR(255) NULL, "
             "PRIMARY KEY (set_id, version)"
             ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
-        ]
+        )
+        return [create]
 
     def _upgrade_1_to_2_sql(self) -> list[str]:
         """Adopt a C-tool ``migration(version, apply_time)``: one ALTER, rows kept.
@@ -257,8 +276,11 @@ class MysqlTarget(SqlTarget):
 
     def _ensure_ledger(self) -> None:
         # Usually the ledger is current: one catalog read, no lock.
-        if "set_id" in self._ledger_columns():
+        columns = self._ledger_columns()
+        if "set_id" in columns:
             return
+        if columns and "version" not in columns:
+            raise self._not_a_ledger()  # never ALTER a table of the application's
         # Runners of different sets hold different set locks; this ledger-wide lock
         # keeps their CREATE or upgrade ALTER from colliding. Check again under it.
         name = lock_name(self.db.dbname, self.table, "")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from orchestrator.config import MysqlConfig
-from orchestrator.errors import LockHeld, TargetUnreachable
+from orchestrator.errors import LockHeld, OrchestratorError, TargetUnreachable
 from orchestrator.sets import discover
 from orchestrator.targets import open_target
 from orchestrator.targets.mysql import lock_name
@@ -253,6 +253,22 @@ def test_adopts_a_c_tool_ledger_without_losing_rows(c_table: str, mysql_db: Any,
     # The C tool keeps working against the adopted table.
     query(mysql_db, "INSERT INTO migration (version, apply_time) VALUES ('2020-01-04_00-00-00_c_tool', 1)")
     assert ledger(mysql_db)["2020-01-04_00-00-00_c_tool"]["status"] == "applied"
+
+
+def test_a_table_of_another_shape_is_not_taken_for_a_ledger(mysql_db: Any, project: Any, orchestrator: Any) -> None:
+    query(mysql_db, "CREATE TABLE migration (id INT PRIMARY KEY, note TEXT)")
+    config = setup_project(project, mysql_db, {"001_t.sql": "CREATE TABLE t (id INT);"})
+    code, _, err = orchestrator("up", "all", config, "mysql.m1", "s1")
+    assert code == 1
+    assert f"mysql.m1: table {mysql_db['dbname']}.migration exists but is not a migration ledger" in err
+    target = make_target(mysql_db)
+    try:
+        with pytest.raises(OrchestratorError, match="is not a migration ledger"):
+            target.ensure_ledger()
+    finally:
+        target.close()
+    assert [c[0] for c in query(mysql_db, "SHOW COLUMNS FROM migration")] == ["id", "note"]  # untouched
+    assert query(mysql_db, "SHOW TABLES LIKE 't'") == []
 
 
 @pytest.mark.parametrize("start", ["no table", "c-tool table"])

@@ -88,7 +88,7 @@ def test_flipt_history_applies_like_the_mariadb_client(mysql_db: Any, project: A
     try:
         for path in flipt_files():
             with path.open("rb") as script:
-                done = subprocess.run([*base, reference], stdin=script, capture_output=True, env=env, timeout=60)
+                done = subprocess.run([*base, reference], stdin=script, capture_output=True, env=env, timeout=60, check=False)
             assert done.returncode == 0, f"{path.name}: {done.stderr.decode(errors='replace')}"
         ours, theirs = catalog(mysql_db["dbname"], "migration"), catalog(reference, "migration")
     finally:
