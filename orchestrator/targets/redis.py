@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from orchestrator.config import RedisConfig
     from orchestrator.sets import Script
 
-__all__ = ["RedisTarget", "RedisHandle"]
+__all__ = ["RedisHandle", "RedisTarget"]
 
 log = logging.getLogger("migrations")
 
@@ -210,13 +210,13 @@ class RedisTarget:
         from redis.retry import Retry
 
         db = self.db
-        options: dict[str, Any] = dict(
-            host=db.ip, port=db.port, db=db.dbindex, username=db.user or None,
-            password=db.password.get_secret_value() or None, ssl=db.tls,
-            socket_connect_timeout=db.timeout, socket_timeout=db.timeout, decode_responses=True,
+        options: dict[str, Any] = {
+            "host": db.ip, "port": db.port, "db": db.dbindex, "username": db.user or None,
+            "password": db.password.get_secret_value() or None, "ssl": db.tls,
+            "socket_connect_timeout": db.timeout, "socket_timeout": db.timeout, "decode_responses": True,
             # No silent retries: a resent EXEC could apply a migration twice.
-            retry=Retry(NoBackoff(), 0),
-        )
+            "retry": Retry(NoBackoff(), 0),
+        }
         # No CLIENT SETINFO on connect: two round trips, half the cost of a connect.
         try:
             self.client = redis.Redis(**options, driver_info=None)
