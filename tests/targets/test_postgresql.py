@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import resource
 import shutil
 import socket
 import subprocess
@@ -26,7 +25,7 @@ import psycopg
 import pytest
 
 from orchestrator.config import PostgresqlConfig
-from orchestrator.errors import LockHeld, MigrationError, OrchestratorError, TargetUnreachable
+from orchestrator.errors import LockHeld, MigrationError, OrchestratorError
 from orchestrator.runner import run
 from orchestrator.sets import discover
 from orchestrator.targets.postgresql import PostgresqlTarget
@@ -35,6 +34,8 @@ from tests.conftest import PG, pg_connect, unique
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-pw"
 BOUNCER_PASSWORD = "bouncer-pw-42"
+ADVISORY_LOCKS = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                  "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
 
 
 def target(entry: dict[str, Any], readonly: bool = False, **overrides: Any) -> PostgresqlTarget:
@@ -198,7 +199,7 @@ def test_status_works_with_read_only_privileges(pg_db: Any, tmp_path: Path) -> N
     with pg_connect(pg_db["dbname"]) as conn:
         conn.execute(f'CREATE ROLE "{role}" LOGIN')
         conn.execute(f'GRANT SELECT ON migration TO "{role}"')
-        conn.execute(f'REVOKE CREATE ON SCHEMA public FROM PUBLIC')
+        conn.execute('REVOKE CREATE ON SCHEMA public FROM PUBLIC')
     try:
         reader = target(pg_db, readonly=True, user=role)
         try:
@@ -310,7 +311,7 @@ def test_holder_names_the_session_and_a_waiter_never_blocks(pg_db: Any) -> None:
             assert str(held.value).startswith(f"postgresql.p1/s1 locked by {holder}")
             assert second.connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert second.holder("s1") is None
-        assert query(pg_db, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+        assert query(pg_db, ADVISORY_LOCKS) == [(0,)]
     finally:
         first.close()
         second.close()
@@ -544,7 +545,7 @@ def test_transaction_pooling_applies_each_migration_once_and_leaves_no_session_s
     assert errors == []
     assert query(pg_db, "SELECT version FROM app.counter ORDER BY 1") == [(v,) for v in versions]  # SET LOCAL search_path
     assert query(pg_db, "SELECT version, status FROM app.migration ORDER BY 1") == [(v, "applied") for v in versions]
-    assert query(pg_db, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+    assert query(pg_db, ADVISORY_LOCKS) == [(0,)]
     with psycopg.connect(host="127.0.0.1", port=bouncer, user=PG["user"], password=BOUNCER_PASSWORD, dbname=pg_db["dbname"],
                          autocommit=True) as conn:
         assert conn.execute("SHOW search_path").fetchone() == ('"$user", public',)  # nothing leaked to pooled servers
