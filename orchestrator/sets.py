@@ -184,7 +184,11 @@ class Script:
         try:
             exec(code, namespace)
         except Exception as exc:  # a migration's import-time code is user code
-            raise MigrationError(self.label, f"loading failed: {type(exc).__name__}: {exc}") from None
+            import traceback
+
+            line = next((f.lineno for f in reversed(traceback.extract_tb(exc.__traceback__)) if f.filename == str(self.path)), None)
+            detail = " ".join(str(exc).split())
+            raise MigrationError(self.label, f"loading failed: {type(exc).__name__}" + (f": {detail}" if detail else ""), line=line) from None
         up = namespace.get("up")
         if not callable(up):
             raise MigrationError(self.label, "defines no up(db) function")
