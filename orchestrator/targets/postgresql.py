@@ -77,7 +77,6 @@ class PostgresqlTarget(SqlTarget):
         self.schema: str = db.schema_
         self._transaction_pooling = db.pooling == "transaction"
         self._table_sql = ""
-        self._regclass = ""
         self._search_path = ""
         self._session_ready = False
         self._waits: dict[str, float] = {}
@@ -107,7 +106,6 @@ class PostgresqlTarget(SqlTarget):
         self._cursor = None
         self.connection.add_notice_handler(self._on_notice)
         self._table_sql = sql.Identifier(self.schema, self.table).as_string(self.connection)
-        self._regclass = self._table_sql
         schemas = [self.schema] if self.schema == "public" else [self.schema, "public"]
         self._search_path = sql.SQL(", ").join(map(sql.Identifier, schemas)).as_string(self.connection)
         self._session_ready = False
@@ -197,7 +195,7 @@ class PostgresqlTarget(SqlTarget):
     def _ledger_columns(self) -> set[str]:
         rows = self._execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-            (self._regclass,),
+            (self._table_sql,),
         )
         return {r[0] for r in rows or []}
 
@@ -256,7 +254,7 @@ class PostgresqlTarget(SqlTarget):
         ]
         # The C tool let the server name its key; find that name rather than guess "migration_pkey".
         for (name,) in self._execute("SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'p'",
-                                     (self._regclass,)) or []:
+                                     (self._table_sql,)) or []:
             steps.append(f"ALTER TABLE {t} DROP CONSTRAINT {self._quote(name)}")
         steps.append(f"ALTER TABLE {t} ADD PRIMARY KEY (set_id, version)")
         return steps
