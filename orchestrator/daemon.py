@@ -326,12 +326,10 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         rows = self.rows()
         data = fleet.FleetReport([binding for binding, _ in rows]).to_json()
-        items = data.get("bindings") if isinstance(data, dict) else None
-        if isinstance(items, list) and len(items) == len(rows):
-            for item, (_, notes) in zip(items, rows):
-                if notes and isinstance(item, dict):
-                    item["next_retry"] = _iso(datetime.fromtimestamp(notes["next_retry"], timezone.utc))
-                    item["failures"] = notes["failures"]
+        for item, (_, notes) in zip(data["bindings"], rows):
+            if notes:  # a failing binding: when it is tried next
+                item["next_retry"] = _iso(datetime.fromtimestamp(notes["next_retry"], timezone.utc))
+                item["failures"] = notes["failures"]
         data["daemon"] = self.info()
         return data
 
@@ -660,9 +658,12 @@ class Daemon:
         """Show a binding's result as soon as catch-up reports it, before the whole set is done."""
         if binding.dbid in skipped:
             return
-        render.binding_line(binding, "catch-up")
         with self._lock:
+            before = self._snapshot.get((binding.set_id, binding.dbid))
             self._snapshot[(binding.set_id, binding.dbid)] = binding
+        # Say what changed, not the same drift or lock again at every tick.
+        if binding.applied_now or before is None or (before.state, before.error) != (binding.state, binding.error):
+            render.binding_line(binding, "catch-up")
 
     def _refresh_all(self, config: Config) -> None:
         try:
@@ -683,19 +684,16 @@ class Daemon:
         if event.code == EVENT_JOB_EXECUTED:
             for outcome in event.retval or []:
                 self._commit(outcome)
-        elif event.code == EVENT_JOB_ERROR:
-            self._events["errors"] += 1
-            self.metrics.events.labels("error").inc()
+            return
+        kind = {EVENT_JOB_ERROR: "errors", EVENT_JOB_MISSED: "missed", EVENT_JOB_MAX_INSTANCES: "skipped_still_running"}[event.code]
+        with self._lock:
+            self._events[kind] += 1
+        self.metrics.events.labels(kind).inc()
+        if event.code == EVENT_JOB_ERROR:  # a bug: run failures are bindings' states, never exceptions
             log.error("%s: run crashed: %s: %s", name, type(event.exception).__name__, redact(str(event.exception)))
-        elif event.code == EVENT_JOB_MISSED:
-            self._events["missed"] += 1
-            self.metrics.events.labels("missed").inc()
-            log.warning("%s: run due at %s was missed (longer than the %ds grace); waiting for the next one",
-                        name, _hms(event.scheduled_run_time), int(defaults.MISFIRE_GRACE))
-        elif event.code == EVENT_JOB_MAX_INSTANCES:
-            self._events["skipped_still_running"] += 1
-            self.metrics.events.labels("still_running").inc()
-            log.debug("%s: previous run still going; this tick is skipped", name)
+        else:  # APScheduler itself logs a warning for these; they are counted in /status and /metrics
+            log.debug("%s: run due at %s %s", name, _hms(event.scheduled_run_time),
+                      "was missed" if event.code == EVENT_JOB_MISSED else "skipped: the previous run is still going")
 
     def _commit(self, outcome: _Outcome) -> None:
         runs = self._runs_of(outcome.set_id)

@@ -15,6 +15,7 @@ token (:func:`check_http_config`).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import html
 import ipaddress
@@ -186,6 +187,11 @@ def _cell(binding: BindingStatus, notes: dict[str, Any], now: float) -> str:
             f'data-state="{e(binding.state)}" data-pending="{pending}" title="{e(title)}">' + "".join(lines) + "</td>")
 
 
+@functools.lru_cache(maxsize=1)
+def _template() -> Template:
+    return Template(resources.files("orchestrator").joinpath("templates/fleet.html").read_text(encoding="utf-8"))
+
+
 def render_page(rows: list[tuple[BindingStatus, dict[str, Any]]], daemon: dict[str, Any], ready: bool,
                 now: float | None = None, refresh: int = defaults.PAGE_REFRESH) -> str:
     """The fleet page: one row per target, one column per set, each cell colored by state."""
@@ -232,8 +238,7 @@ def render_page(rows: list[tuple[BindingStatus, dict[str, Any]]], daemon: dict[s
     reload_info = daemon.get("reload") or {}
     if reload_info.get("error"):
         meta.append(f'<span class="bad">last reload failed: {e(redact(str(reload_info["error"])))}</span>')
-    template = Template(resources.files("orchestrator").joinpath("templates/fleet.html").read_text(encoding="utf-8"))
-    return template.substitute(
+    return _template().substitute(
         refresh=int(refresh),
         summary=summary,
         meta=" · ".join(meta),
@@ -262,6 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "orchestrator"
     sys_version = ""
+    timeout = 10  # seconds: an idle or trickling client does not hold a thread for ever
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("%s %s", self.address_string(), format % args)

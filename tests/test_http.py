@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.errors import ConfigError
 from orchestrator.fleet import BindingStatus, FleetReport
 from orchestrator.http import Metrics, StatusServer, is_loopback, render_page
 from tests.test_daemon import FAST, daemons, free_port, poll  # noqa: F401 - daemons is a fixture
@@ -129,6 +131,16 @@ def test_no_token_on_loopback_and_endpoints(serve: Any) -> None:
     assert data["daemon"]["sets"]["s1"]["schedule"] == "every 5m"
     code, _, body = request(server, "GET", "/nope")
     assert code == 404 and "/status" in body
+
+
+def test_an_address_in_use_is_a_config_error() -> None:
+    source = FakeSource([])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: .*pick another daemon.http.host or port"):
+            StatusServer(source, Metrics(source), "127.0.0.1", port, lambda: None).start()
 
 
 def test_only_get_and_head_are_served(serve: Any) -> None:
