@@ -603,7 +603,7 @@ class Daemon:
         except OrchestratorError as exc:  # the set itself is unusable (bad file, duplicate version): every binding shows it
             message = redact(str(exc))
             log.error("%s: %s", name, message)
-            report = fleet.FleetReport([fleet.BindingStatus(name, dbid, "failed", error=message) for dbid in self._targets(config, name)])
+            report = fleet.FleetReport([fleet.BindingStatus(name, dbid, "failed", error=message, set_error=True) for dbid in self._targets(config, name)])
             return _Outcome(name, reason, "catch-up", report, frozenset(), started, time.monotonic() - clock_start, message)
         return _Outcome(name, reason, "status" if status_only else "catch-up", report, frozenset(skipped), started,
                         time.monotonic() - clock_start)
@@ -763,6 +763,4 @@ def command(args: Any) -> int:
     if args.once:
         return run_once(config, shard)
     check_http_config(config.daemon.http, str(config.path))
-    if sys.platform == "win32":  # signals and fork-free threads are what this daemon relies on
-        raise ConfigError("daemon: runs on POSIX systems only")
     return Daemon(config, shard).serve()
