@@ -11,7 +11,6 @@ path (``config.json: databases.mysql[0].port: ...``). Passwords are
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import json
 import os
@@ -339,6 +338,8 @@ def _first_error(exc: ValidationError, name: str) -> ConfigError:
     loc = tuple(p for p in err["loc"] if p not in ("[key]",))
     msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if err["type"] == "extra_forbidden":
+        import difflib  # only a bad config pays for it
+
         known = _fields_at(loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), known, n=1) if loc else []
         msg = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})" if known else "")
