@@ -10,13 +10,16 @@ open the file read-only and never create it.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from orchestrator.errors import LockHeld, MigrationError, TargetUnreachable
+from orchestrator.targets import runner_identity
 from orchestrator.targets._sql import SqlTarget
 
 if TYPE_CHECKING:
@@ -148,6 +151,40 @@ class SqliteTarget(SqlTarget):
             # The body's own failures are MigrationErrors already; this is the ledger
             # check, the ledger row or the commit (disk full, I/O error), all rolled back.
             raise MigrationError(script.label, f"recording it failed, the migration was rolled back: {' '.join(str(exc).split())}") from None
+
+    def _apply_outside_transaction(self, script: Script, checksum: str, up: Any, started: float) -> Any:
+        # No transaction holds the write lock while a no-transaction migration runs, so a
+        # lock file beside the database keeps a second runner from running it too.
+        with self._file_lock(script.set_id):
+            return super()._apply_outside_transaction(script, checksum, up, started)
+
+    @contextmanager
+    def _file_lock(self, set_id: str) -> Iterator[None]:
+        if self.db.path == ":memory:":
+            yield
+            return
+        import fcntl
+
+        # flock, not fcntl locks: closing any descriptor of a file drops a process's fcntl
+        # locks on it, and the kernel drops a flock when its holder dies. The file is never
+        # deleted: unlinking a lock file races with the next runner opening it.
+        fd = os.open(f"{self.db.path}.orchestrator-lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + self.db.busy_timeout / 1000
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                        raise LockHeld(self.dbid, set_id, holder or "another runner") from None
+                    time.sleep(0.02)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, runner_identity().encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
     def _begin(self) -> None:
         # IMMEDIATE takes the write lock now, so the ledger check that follows cannot go stale.

@@ -365,3 +365,54 @@ def test_custom_ledger_table_name(tmp_path: Path) -> None:
         target.close()
     assert tables(db) == ["schema_history", "t"]
     assert query(db, "SELECT version FROM schema_history") == [("001",)]
+
+
+def test_no_transaction_migration_runs_once_under_racing_runners(tmp_path: Path) -> None:
+    # Without a transaction there is no write lock to serialise on; a lock file takes its place.
+    import threading
+
+    db = tmp_path / "app.db"
+    folder = write_set(tmp_path / "s1", {
+        "001_once.sql": "-- orchestrator: no-transaction\nCREATE TABLE once (x INTEGER);\n"
+                        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 50000) SELECT count(*) FROM c;\n"
+                        "INSERT INTO once VALUES (1);\n",
+        "002_after.sql": "INSERT INTO once VALUES (2);\n",
+    })
+    migration_set = discover("s1", folder)
+    barrier, errors = threading.Barrier(3), []
+
+    def runner() -> None:
+        target = target_for(db, busy_timeout=10000)
+        try:
+            barrier.wait()
+            run(target, migration_set)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            target.close()
+
+    threads = [threading.Thread(target=runner) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert query(db, "SELECT x FROM once ORDER BY x") == [(1,), (2,)]
+    assert query(db, "SELECT version FROM migration ORDER BY version") == [("001_once",), ("002_after",)]
+
+
+def test_held_lock_file_reports_locked_with_its_holder(tmp_path: Path) -> None:
+    import fcntl
+
+    db = tmp_path / "app.db"
+    folder = write_set(tmp_path / "s1", {"001.sql": "-- orchestrator: no-transaction\nVACUUM;\n"})
+    lock_path = tmp_path / "app.db.orchestrator-lock"
+    with open(lock_path, "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        holder.write("build-host pid 4242")
+        holder.flush()
+        with pytest.raises(LockHeld) as err:
+            apply_all(db, folder, busy_timeout=100)
+    assert str(err.value) == "sqlite.t/s1 locked by build-host pid 4242; another runner is applying this set, try again later"
+    assert query(db, "SELECT count(*) FROM migration") == [(0,)]
+    assert [a.version for a in apply_all(db, folder).applied] == ["001"]  # released with its holder's file
