@@ -326,7 +326,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         rows = self.rows()
         data = fleet.FleetReport([binding for binding, _ in rows]).to_json()
-        for item, (_, notes) in zip(data["bindings"], rows):
+        for item, (_, notes) in zip(data["bindings"], rows, strict=True):
             if notes:  # a failing binding: when it is tried next
                 item["next_retry"] = _iso(datetime.fromtimestamp(notes["next_retry"], timezone.utc))
                 item["failures"] = notes["failures"]

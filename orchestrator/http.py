@@ -121,7 +121,8 @@ class _SnapshotCollector:
         pending = GaugeMetricFamily("orchestrator_pending_migrations", "Migrations not yet applied, per set and target.", labels=["set", "target"])
         state = GaugeMetricFamily("orchestrator_binding_state", "1 for the state a (set, target) is in, 0 for the others.", labels=["set", "target", "state"])
         last = GaugeMetricFamily("orchestrator_last_apply_timestamp_seconds", "Unix time of the newest applied migration.", labels=["set", "target"])
-        retry = GaugeMetricFamily("orchestrator_next_retry_timestamp_seconds", "Unix time of the next retry of a failing (set, target).", labels=["set", "target"])
+        retry = GaugeMetricFamily("orchestrator_next_retry_timestamp_seconds", "Unix time of the next retry of a failing (set, target).",
+                                  labels=["set", "target"])
         up = GaugeMetricFamily("orchestrator_target_up", "0 when the last attempt could not reach the target, else 1.", labels=["target"])
         targets: dict[str, int] = {}
         for binding, notes in self._source.rows():
@@ -222,7 +223,8 @@ def render_page(rows: list[tuple[BindingStatus, dict[str, Any]]], daemon: dict[s
         cells = [f'<th class="target" data-target="{e(dbid)}">{e(dbid)}</th>']
         for name in sets:
             hit = by_key.get((name, dbid))
-            cells.append(_cell(hit[0], hit[1], now) if hit else f'<td class="cell unbound" data-set="{e(name)}" data-target="{e(dbid)}" data-state="unbound">·</td>')
+            unbound = f'<td class="cell unbound" data-set="{e(name)}" data-target="{e(dbid)}" data-state="unbound">·</td>'
+            cells.append(_cell(hit[0], hit[1], now) if hit else unbound)
         body.append("<tr>" + "".join(cells) + "</tr>")
     if not targets:
         body.append(f'<tr><td class="empty" colspan="{len(sets) + 1}">{"no bindings yet" if ready else "waiting for the first status refresh"}</td></tr>')

@@ -454,7 +454,7 @@ def test_daemon_applies_on_schedule_and_on_new_files_reports_and_recovers(projec
         assert daemon.proc.poll() is None and daemon.get("/healthz")[0] == 200 and daemon.get("/readyz")[0] == 200
         reload_info = daemon.status()["daemon"]["reload"]
         assert reload_info["ok"] is False and "databases.sqlite[0].path" in reload_info["error"]
-        line = next(l for l in daemon.lines if "reload failed" in l)
+        line = next(text for text in daemon.lines if "reload failed" in text)
         assert "Traceback" not in daemon.log and line.count("|") == 2
         config.write_text(good)
         daemon.send(signal.SIGHUP)
@@ -526,9 +526,9 @@ def test_two_daemons_on_one_fleet_apply_each_migration_once(project: Any, sqlite
     readers = {"sqlite.a": lambda sql: sqlite_rows(sqlite_db["path"], sql), "postgresql.p": lambda sql: pg_rows(pg_db["dbname"], sql),
                "mysql.m": lambda sql: mysql_rows(mysql_db["dbname"], sql)}
     for dbid, read in readers.items():
-        poll(lambda: read("SELECT count(*) FROM migration WHERE set_id = 'race'") == [(8,)], what=f"8 migrations on {dbid}")
+        poll(lambda read=read: read("SELECT count(*) FROM migration WHERE set_id = 'race'") == [(8,)], what=f"8 migrations on {dbid}")
     for d in (first, second):
-        poll(lambda: all((d.binding("race", t) or {}).get("state") == "current" for t in targets), what="both daemons see current")
+        poll(lambda d=d: all((d.binding("race", t) or {}).get("state") == "current" for t in targets), what="both daemons see current")
     time.sleep(0.7)  # a few more ticks of both: still nothing applied twice
     for dbid, read in readers.items():
         assert read("SELECT v FROM hits ORDER BY v") == expected, dbid
@@ -536,7 +536,7 @@ def test_two_daemons_on_one_fleet_apply_each_migration_once(project: Any, sqlite
     for d in (first, second):
         d.send(signal.SIGTERM)
     assert first.wait() == 0 and second.wait() == 0
-    applied = [l for d in (first, second) for l in d.lines if re.search(r"migrations - \S+/race: applied \d", l)]
+    applied = [line for d in (first, second) for line in d.lines if re.search(r"migrations - \S+/race: applied \d", line)]
     assert len(applied) == 8 * 3, "\n".join(applied)
 
 
