@@ -77,6 +77,9 @@ class SqliteTarget(SqlTarget):
 
     def _set_journal_mode(self) -> None:
         wanted = self.db.journal_mode.lower()
+        if wanted == "off":
+            log.warning("%s: journal_mode OFF: SQLite cannot roll back, so a failing migration may leave part of "
+                        "its changes without a ledger row; prefer WAL or DELETE", self.dbid)
         # Switching needs the file to itself and SQLite does not apply busy_timeout to it,
         # so poll for up to busy_timeout; another runner may also switch it meanwhile.
         deadline = time.monotonic() + self.db.busy_timeout / 1000

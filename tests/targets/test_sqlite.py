@@ -416,3 +416,9 @@ def test_held_lock_file_reports_locked_with_its_holder(tmp_path: Path) -> None:
     assert str(err.value) == "sqlite.t/s1 locked by build-host pid 4242; another runner is applying this set, try again later"
     assert query(db, "SELECT count(*) FROM migration") == [(0,)]
     assert [a.version for a in apply_all(db, folder).applied] == ["001"]  # released with its holder's file
+
+
+def test_journal_mode_off_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="migrations"):
+        target_for(tmp_path / "app.db", journal_mode="OFF").close()
+    assert any("journal_mode OFF: SQLite cannot roll back" in r.getMessage() for r in caplog.records)
