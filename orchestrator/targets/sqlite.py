@@ -3,8 +3,12 @@
 One connection in autocommit mode; each migration runs in ``BEGIN IMMEDIATE``,
 which takes the database's write lock, so the ledger re-check inside it makes
 racing processes apply each migration exactly once. A writer that holds the
-lock longer than ``busy_timeout`` makes the target ``locked``. Status and plan
-open the file read-only and never create it.
+lock longer than ``busy_timeout`` makes the target ``locked``. A no-transaction
+migration has no write lock to lean on, so it runs under an flock on
+``<path>.orchestrator-lock``. ``BEGIN``/``COMMIT`` in a script are absorbed into
+the runner's transaction; a statement (or Python ``up``) that still ends it, such
+as ``ROLLBACK``, fails the migration. Status and plan open the file read-only
+and never create it.
 """
 
 from __future__ import annotations
