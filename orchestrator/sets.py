@@ -66,23 +66,34 @@ class Script:
     path: Path
     kind: str  # "sql" | "py" | "redis"
     label: str  # what messages call it: "s1/<version>.sql" or "s1/<version>/mysql.sql"
+    # A Script is a snapshot taken once per discover(): a fleet run applying one file to a
+    # thousand targets stats, reads and splits it once (each syscall also hands the GIL around).
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def _stat_key(self) -> tuple[str, int, int]:
+        key = self._memo.get("stat")
+        if key is not None:
+            return key
         try:
             st = self.path.stat()
         except OSError as exc:
             raise SetError(f"{self.label}: cannot read: {exc.strerror}") from None
-        return (str(self.path), st.st_mtime_ns, st.st_size)
+        key = self._memo["stat"] = (str(self.path), st.st_mtime_ns, st.st_size)
+        return key
 
     def inspect(self) -> tuple[str, bool]:
         """(sha256 of the content, no-transaction directive), checked without keeping the file in memory.
 
         Raises SetError for an unreadable or non-UTF-8 file or a misspelled directive.
         """
+        hit = self._memo.get("inspect")
+        if hit:
+            return hit
         key = self._stat_key()
         with _cache_guard:
             hit = _inspect_cache.get(key)
         if hit:
+            self._memo["inspect"] = hit
             return hit
         digest = hashlib.sha256()
         decoder = codecs.getincrementaldecoder("utf-8")()
@@ -108,6 +119,7 @@ class Script:
         result = (digest.hexdigest(), self._directives(head))
         with _cache_guard:
             _inspect_cache[key] = result
+        self._memo["inspect"] = result
         return result
 
     @property
@@ -145,8 +157,14 @@ class Script:
 
     def text(self) -> str:
         """The whole file as text (BOM removed); SetError if unreadable."""
+        hit = self._memo.get("text")
+        if hit is not None:
+            return hit
         try:
-            return self.path.read_text(encoding="utf-8").lstrip("\ufeff")
+            text = self.path.read_text(encoding="utf-8").lstrip("\ufeff")
+            if self._stat_key()[2] <= _CHUNK:  # big files are streamed, never kept
+                self._memo["text"] = text
+            return text
         except UnicodeDecodeError as exc:
             raise SetError(f"{self.label}: not UTF-8 (byte {exc.start})") from None
         except OSError as exc:
@@ -156,7 +174,13 @@ class Script:
         """Statements of a SQL script in file order (see :mod:`orchestrator.sqlsplit`)."""
         from orchestrator.sqlsplit import split
 
-        return split(self.text(), dialect)
+        hit = self._memo.get("statements:" + dialect)
+        if hit is not None:
+            return iter(hit)
+        if self._stat_key()[2] > _CHUNK:
+            return split(self.text(), dialect)
+        statements = self._memo["statements:" + dialect] = list(split(self.text(), dialect))
+        return iter(statements)
 
     def prepare(self) -> None:
         """Check everything that can be checked before anything runs: readable, UTF-8, directives, Python syntax."""
@@ -293,6 +317,7 @@ class Migration:
     path: Path
     kind: str  # "sql" | "py" | "redis" | "folder"
     files: tuple[str, ...] = ()  # for folders: the engine files present
+    _scripts: dict[str, Script] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     @property
     def label(self) -> str:
@@ -300,14 +325,19 @@ class Migration:
 
     def script_for(self, driver: str) -> Script:
         """The file a target of ``driver`` runs; MigrationError if this migration has none for it."""
+        script = self._scripts.get(driver)
+        if script is not None:
+            return script
         if self.kind != "folder":
             if driver not in _KIND_ENGINES[self.kind]:
                 raise MigrationError(self.label, f"no file for {driver} ({self.kind} migrations run on {', '.join(_KIND_ENGINES[self.kind])})")
-            return Script(self.set_id, self.version, self.path, self.kind, self.label)
+            script = self._scripts[driver] = Script(self.set_id, self.version, self.path, self.kind, self.label)
+            return script
         for name in ENGINE_FILES[driver]:
             if name in self.files:
                 kind = name.rsplit(".", 1)[1]
-                return Script(self.set_id, self.version, self.path / name, kind, f"{self.label}/{name}")
+                script = self._scripts[driver] = Script(self.set_id, self.version, self.path / name, kind, f"{self.label}/{name}")
+                return script
         raise MigrationError(self.label, f"no file for {driver} (has {', '.join(self.files)}; add {ENGINE_FILES[driver][0]} or {ENGINE_FILES[driver][1]})")
 
 
