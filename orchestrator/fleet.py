@@ -132,7 +132,6 @@ class _SetInfo:
         self.error: str | None = None
         self.mset: MigrationSet | None = None
         self._scripts: dict[tuple[str, str], tuple[Script | None, str | None]] = {}
-        self._guard = threading.Lock()
         try:
             self.mset = discover(spec.name, spec.folder)
         except SetError as exc:
@@ -141,8 +140,7 @@ class _SetInfo:
     def script(self, driver: str, version: str) -> tuple[Script | None, str | None]:
         """(script, None) or (None, one-line reason) for a version on an engine; checksum read once."""
         key = (driver, version)
-        with self._guard:
-            hit = self._scripts.get(key)
+        hit = self._scripts.get(key)  # no lock: a dict read is atomic, a race only computes twice
         if hit is not None:
             return hit
         migration = self.mset.get(version) if self.mset else None
@@ -156,8 +154,7 @@ class _SetInfo:
                 result = (script, None)
             except OrchestratorError as exc:
                 result = (None, _line(exc))
-        with self._guard:
-            self._scripts[key] = result
+        self._scripts[key] = result
         return result
 
 

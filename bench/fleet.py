@@ -1,0 +1,501 @@
+"""Fleet benchmark: orchestrator against the raw clients' floor and the peer tools, side by side.
+
+Builds a fleet (by default 1,000 SQLite files, 20 PostgreSQL databases, 20 MariaDB
+databases and 20 Redis key prefixes, a set of 50 small migrations per engine) and
+times, per engine and for the whole fleet:
+
+- orchestrator's first catch-up, no-op catch-up and status (the CLI, one process);
+- the floor: the raw client in one process with the same number of threads, one
+  session per target, each migration's statements plus the ledger insert in one
+  transaction (MariaDB: autocommit, DDL commits anyway); for no-op and status,
+  merely connecting and reading the ledger;
+- dbmate (npm package, native binary) and yoyo-migrations (PyPI, own venv), one
+  invocation per target in a loop, as their users run them, over a subset of
+  the targets (reported per target).
+
+Peers are installed under bench/out/cache on first use. Everything the run
+creates (databases, keys, files) is removed at the end. Usage::
+
+    python bench/fleet.py                  # the full run (a few minutes)
+    python bench/fleet.py --sqlite 100 --pg 5 --mysql 5 --redis 5 --no-peers   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+CACHE = OUT / "cache"
+PG = {"host": os.environ.get("TEST_PG_HOST", "127.0.0.1"), "port": int(os.environ.get("TEST_PG_PORT", "5432")),
+      "user": os.environ.get("TEST_PG_USER", "postgres")}
+MY = {"host": os.environ.get("TEST_MYSQL_HOST", "127.0.0.1"), "port": int(os.environ.get("TEST_MYSQL_PORT", "3306")),
+      "user": os.environ.get("TEST_MYSQL_USER", "root")}
+RD = {"host": os.environ.get("TEST_REDIS_HOST", "127.0.0.1"), "port": int(os.environ.get("TEST_REDIS_PORT", "6379"))}
+ENGINES = ("sqlite", "postgresql", "mysql", "redis")
+LEDGER_SQL = ("CREATE TABLE IF NOT EXISTS floor_ledger (set_id VARCHAR(100) NOT NULL, version VARCHAR(180) NOT NULL, "
+              "apply_time BIGINT NOT NULL, checksum CHAR(64), PRIMARY KEY (set_id, version))")
+
+
+# -- the migrations ----------------------------------------------------------------
+
+
+def sql_migrations(n: int) -> list[tuple[str, list[str]]]:
+    """(version, statements): small, portable across the three SQL engines."""
+    return [(f"2024-01-01_{i:04d}_step", [f"CREATE TABLE bench_{i} (id INTEGER PRIMARY KEY, name VARCHAR(50) NOT NULL)",
+                                          f"INSERT INTO bench_{i} (id, name) VALUES (1, 'row {i}')"]) for i in range(n)]
+
+
+def redis_migrations(n: int, ns: str) -> list[tuple[str, list[list[str]]]]:
+    return [(f"2024-01-01_{i:04d}_step", [["HSET", f"{ns}:h{i}", "f", "v"], ["SADD", f"{ns}:s{i}", "a"]]) for i in range(n)]
+
+
+def write_sets(work: Path, n: int, ns: str) -> None:
+    for version, statements in sql_migrations(n):
+        (work / "sets" / "sql").mkdir(parents=True, exist_ok=True)
+        (work / "sets" / "sql" / f"{version}.sql").write_text(";\n".join(statements) + ";\n")
+        (work / "dbmate").mkdir(exist_ok=True)
+        (work / "dbmate" / f"{20240101000000 + int(version[11:15])}_step.sql").write_text(
+            "-- migrate:up\n" + ";\n".join(statements) + ";\n\n-- migrate:down\n")
+        (work / "yoyo").mkdir(exist_ok=True)
+        (work / "yoyo" / f"{version}.sql").write_text(";\n".join(statements) + ";\n")
+    for version, commands in redis_migrations(n, ns):
+        (work / "sets" / "kv").mkdir(parents=True, exist_ok=True)
+        (work / "sets" / "kv" / f"{version}.redis").write_text("".join(" ".join(c) + "\n" for c in commands))
+
+
+# -- the fleet ---------------------------------------------------------------------
+
+
+class Fleet:
+    """Targets per engine and per group (orch, floor, dbmate, yoyo); creates and removes them."""
+
+    def __init__(self, work: Path, run_id: str, sizes: dict[str, dict[str, int]]):
+        self.work, self.run_id, self.sizes = work, run_id, sizes
+        self.pg_dbs: list[str] = []
+        self.my_dbs: list[str] = []
+
+    def names(self, engine: str, group: str) -> list[str]:
+        return [f"{self.run_id}_{group}_{engine[:2]}{i:04d}" for i in range(self.sizes[group].get(engine, 0))]
+
+    def create(self) -> None:
+        import psycopg
+        import pymysql
+
+        pg_names = [n for g in self.sizes for n in self.names("postgresql", g)]
+        my_names = [n for g in self.sizes for n in self.names("mysql", g)]
+
+        def make_pg(name: str) -> None:
+            with psycopg.connect(**PG, dbname="postgres", autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            self.pg_dbs.append(name)
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(make_pg, pg_names))
+        with pymysql.connect(**MY, password="", autocommit=True, ssl_disabled=True) as conn, conn.cursor() as cur:
+            for name in my_names:
+                cur.execute(f"CREATE DATABASE `{name}`")
+                self.my_dbs.append(name)
+        (self.work / "sqlite").mkdir(exist_ok=True)
+
+    def drop(self) -> None:
+        import psycopg
+        import pymysql
+        import redis
+
+        def drop_pg(name: str) -> None:
+            with psycopg.connect(**PG, dbname="postgres", autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(drop_pg, self.pg_dbs))
+        with pymysql.connect(**MY, password="", autocommit=True, ssl_disabled=True) as conn, conn.cursor() as cur:
+            for name in self.my_dbs:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        client = redis.Redis(**RD)
+        keys = list(client.scan_iter(match=f"{self.run_id}*", count=5000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i:i + 1000])
+
+    def sqlite_path(self, name: str) -> str:
+        return str(self.work / "sqlite" / f"{name}.db")
+
+    def targets(self, engine: str, group: str) -> list[dict[str, Any]]:
+        """Floor target specs."""
+        out = []
+        for name in self.names(engine, group):
+            if engine == "sqlite":
+                out.append({"engine": engine, "path": self.sqlite_path(name)})
+            elif engine == "redis":
+                out.append({"engine": engine, "prefix": f"{name}:"})
+            else:
+                out.append({"engine": engine, "dbname": name})
+        return out
+
+    def config(self, workers: int) -> Path:
+        dbs: dict[str, list[dict[str, Any]]] = {e: [] for e in ENGINES}
+        for name in self.names("sqlite", "orch"):
+            dbs["sqlite"].append({"host_id": name[-6:], "path": self.sqlite_path(name), "journal_mode": "WAL"})
+        for name in self.names("postgresql", "orch"):
+            dbs["postgresql"].append({"host_id": name[-6:], "ip": PG["host"], "port": PG["port"], "user": PG["user"], "dbname": name})
+        for name in self.names("mysql", "orch"):
+            dbs["mysql"].append({"host_id": name[-6:], "ip": MY["host"], "port": MY["port"], "user": MY["user"], "dbname": name})
+        for name in self.names("redis", "orch"):
+            dbs["redis"].append({"host_id": name[-6:], "ip": RD["host"], "port": RD["port"], "prefix": f"{name}:"})
+        sets: dict[str, Any] = {}
+        sql_targets = [f"{e}.*" for e in ("sqlite", "postgresql", "mysql") if dbs[e]]
+        if sql_targets:
+            sets["sql"] = {"targets": sql_targets}
+        if dbs["redis"]:
+            sets["kv"] = {"targets": ["redis.*"]}
+        path = self.work / "config.json"
+        path.write_text(json.dumps({"databases": {e: v for e, v in dbs.items() if v},
+                                    "migrations": {"directory": "sets", "sets": sets},
+                                    "daemon": {"workers": workers}}, indent=1))
+        return path
+
+
+# -- timing a process ----------------------------------------------------------------
+
+
+def timed(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[float, float, int, str]:
+    """(wall seconds, peak RSS MB, exit code, stderr tail) of one process, measured with wait4."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
+    return wall, usage.ru_maxrss / 1024, proc.returncode, " | ".join(tail)
+
+
+def loop(argvs: list[list[str]], cwd: Path | None = None) -> float:
+    """Wall seconds of running each command in turn (a shell loop over the fleet)."""
+    started = time.perf_counter()
+    for argv in argvs:
+        proc = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            raise SystemExit(f"peer failed: {' '.join(argv[:3])}...: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+    return time.perf_counter() - started
+
+
+# -- the floor: raw clients, same threads, one session per target ----------------------
+
+
+def floor_main(mode: str, spec_path: str, workers: int, n: int, ns: str) -> None:
+    """Run in a child process: the raw clients' floor over the targets in spec_path."""
+    specs = json.loads(Path(spec_path).read_text())
+    sql = sql_migrations(n)
+    kv = redis_migrations(n, ns)
+    checksum = "0" * 64
+
+    def sqlite_target(spec: dict[str, Any]) -> None:
+        import sqlite3
+
+        conn = sqlite3.connect(spec["path"], isolation_level=None, check_same_thread=False)
+        try:
+            if mode == "first":
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(LEDGER_SQL)
+                for version, statements in sql:
+                    conn.execute("BEGIN IMMEDIATE")
+                    for statement in statements:
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO floor_ledger VALUES ('sql', ?, ?, ?)", (version, int(time.time()), checksum))
+                    conn.execute("COMMIT")
+            else:
+                conn.execute("SELECT version FROM floor_ledger WHERE set_id = 'sql'").fetchall()
+        finally:
+            conn.close()
+
+    def pg_target(spec: dict[str, Any]) -> None:
+        import psycopg
+
+        with psycopg.connect(**PG, dbname=spec["dbname"], autocommit=True) as conn:
+            if mode == "first":
+                conn.execute(LEDGER_SQL)
+                for version, statements in sql:
+                    with conn.transaction():
+                        for statement in statements:
+                            conn.execute(statement)
+                        conn.execute("INSERT INTO floor_ledger VALUES ('sql', %s, %s, %s)", (version, int(time.time()), checksum))
+            else:
+                conn.execute("SELECT version FROM floor_ledger WHERE set_id = 'sql'").fetchall()
+
+    def my_target(spec: dict[str, Any]) -> None:
+        import pymysql
+
+        conn = pymysql.connect(**MY, password="", database=spec["dbname"], autocommit=True, ssl_disabled=True)
+        try:
+            with conn.cursor() as cur:
+                if mode == "first":
+                    cur.execute(LEDGER_SQL)
+                    for version, statements in sql:
+                        for statement in statements:
+                            cur.execute(statement)  # DDL commits by itself on MySQL
+                        cur.execute("INSERT INTO floor_ledger VALUES ('sql', %s, %s, %s)", (version, int(time.time()), checksum))
+                else:
+                    cur.execute("SELECT version FROM floor_ledger WHERE set_id = 'sql'")
+                    cur.fetchall()
+        finally:
+            conn.close()
+
+    def redis_target(spec: dict[str, Any]) -> None:
+        import redis
+
+        client = redis.Redis(**RD)
+        try:
+            ledger = f"{spec['prefix']}floor_ledger:kv"
+            if mode == "first":
+                for version, commands in kv:
+                    pipe = client.pipeline(transaction=True)
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    pipe.hset(ledger, version, int(time.time()))
+                    pipe.execute()
+            else:
+                client.hgetall(ledger)
+        finally:
+            client.close()
+
+    run = {"sqlite": sqlite_target, "postgresql": pg_target, "mysql": my_target, "redis": redis_target}
+    with ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(run[s["engine"]], s) for s in specs]:
+            future.result()
+
+
+# -- peers ------------------------------------------------------------------------------
+
+
+def ensure_peers() -> tuple[Path, Path]:
+    """dbmate's native binary (npm package) and a venv with yoyo-migrations; installed once into the cache."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    arch = {"x86_64": "x64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    dbmate = CACHE / "npm" / "node_modules" / "@dbmate" / f"linux-{arch}" / "bin" / "dbmate"
+    if not dbmate.exists():
+        print("installing dbmate (npm) ...", file=sys.stderr)
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(CACHE / "npm"), "dbmate"],
+                       check=True, stdout=subprocess.DEVNULL)
+    venv = CACHE / "yoyo-venv"
+    yoyo = venv / "bin" / "yoyo"
+    if not yoyo.exists():
+        print("installing yoyo-migrations (venv) ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "yoyo-migrations", "psycopg[binary]", "pymysql"], check=True)
+    return dbmate, yoyo
+
+
+def dbmate_url(engine: str, fleet: Fleet, name: str) -> str:
+    if engine == "sqlite":
+        return f"sqlite:{fleet.sqlite_path(name)}"
+    if engine == "postgresql":
+        return f"postgres://{PG['user']}@{PG['host']}:{PG['port']}/{name}?sslmode=disable"
+    return f"mysql://{MY['user']}@{MY['host']}:{MY['port']}/{name}"
+
+
+def yoyo_url(engine: str, fleet: Fleet, name: str) -> str:
+    if engine == "sqlite":
+        return f"sqlite:///{fleet.sqlite_path(name)}"
+    if engine == "postgresql":
+        return f"postgresql+psycopg://{PG['user']}@{PG['host']}:{PG['port']}/{name}"
+    return f"mysql://{MY['user']}@{MY['host']}:{MY['port']}/{name}"
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def median_of(times: int, fn: Callable[[], float]) -> float:
+    return statistics.median(fn() for _ in range(times))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sqlite", type=int, default=1000)
+    parser.add_argument("--pg", type=int, default=20)
+    parser.add_argument("--mysql", type=int, default=20)
+    parser.add_argument("--redis", type=int, default=20)
+    parser.add_argument("--migrations", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each no-op/status measurement (median)")
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--peer-sqlite", type=int, default=100, help="SQLite files in the dbmate loop")
+    parser.add_argument("--peer-yoyo-sqlite", type=int, default=20, help="SQLite files in the yoyo loop (yoyo is slow)")
+    parser.add_argument("--peer-server", type=int, default=10, help="PostgreSQL and MariaDB databases in each peer loop")
+    parser.add_argument("--keep", action="store_true", help="keep the fleet (prints where) for profiling; drop it by hand")
+    parser.add_argument("--json", dest="json_out", default=None, help="also write the raw numbers here")
+    parser.add_argument("--floor", nargs=2, metavar=("MODE", "SPEC"), help=argparse.SUPPRESS)
+    parser.add_argument("--ns", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.floor:
+        floor_main(args.floor[0], args.floor[1], args.workers, args.migrations, args.ns)
+        return 0
+
+    run_id = f"orchbench_{uuid.uuid4().hex[:6]}"
+    counts = {"sqlite": args.sqlite, "postgresql": args.pg, "mysql": args.mysql, "redis": args.redis}
+    sizes = {"orch": dict(counts), "floor": dict(counts)}
+    peers = None
+    if not args.no_peers:
+        peers = ensure_peers()
+        sizes["dbmate"] = {"sqlite": min(args.peer_sqlite, args.sqlite), "postgresql": min(args.peer_server, args.pg),
+                           "mysql": min(args.peer_server, args.mysql)}
+        sizes["yoyo"] = {"sqlite": min(args.peer_yoyo_sqlite, args.sqlite), "postgresql": min(args.peer_server, args.pg),
+                         "mysql": min(args.peer_server, args.mysql)}
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{run_id}_", dir=OUT))
+    fleet = Fleet(work, run_id, sizes)
+    results: dict[str, Any] = {"run": run_id, "workers": args.workers, "migrations": args.migrations, "targets": counts,
+                               "cpus": os.cpu_count(), "python": platform.python_version(), "rows": {}}
+    try:
+        print(f"building the fleet in {work} ...", file=sys.stderr)
+        fleet.create()
+        write_sets(work, args.migrations, run_id)
+        config = fleet.config(args.workers)
+        results["rows"] = measure(args, fleet, config, peers, work, results)
+    finally:
+        if args.keep:
+            print(f"kept: {work} (config.json); databases and keys start with {run_id}", file=sys.stderr)
+        else:
+            print("cleaning up ...", file=sys.stderr)
+            try:
+                fleet.drop()
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    print(render(results))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def measure(args: argparse.Namespace, fleet: Fleet, config: Path, peers: tuple[Path, Path] | None, work: Path,
+            results: dict[str, Any]) -> dict[str, Any]:
+    orch = [sys.executable, "-m", "orchestrator", "-q"]
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    rows: dict[str, Any] = {}
+    peak = 0.0
+
+    def run_orch(*argv: str) -> float:
+        nonlocal peak
+        wall, rss, code, tail = timed([*orch, *argv, str(config)], cwd=work, env=env)
+        if code != 0:
+            raise SystemExit(f"orchestrator {' '.join(argv)} exited {code}: {tail}")
+        peak = max(peak, rss)
+        return wall
+
+    def run_floor(mode: str, specs: list[dict[str, Any]]) -> float:
+        spec = work / f"floor-{uuid.uuid4().hex[:6]}.json"
+        spec.write_text(json.dumps(specs))
+        wall, _, code, tail = timed([sys.executable, __file__, "--floor", mode, str(spec), "--workers", str(args.workers),
+                                     "--migrations", str(args.migrations), "--ns", fleet.run_id], cwd=work, env=env)
+        if code != 0:
+            raise SystemExit(f"floor {mode} exited {code}: {tail}")
+        return wall
+
+    started = time.perf_counter()
+    for engine in ENGINES:
+        n = len(fleet.names(engine, "orch"))
+        if not n:
+            continue
+        print(f"{engine}: first catch-up of {n} targets ...", file=sys.stderr)
+        row: dict[str, Any] = {"targets": n}
+        row["first"] = run_orch("catch-up", "--target", f"{engine}.*")
+        row["first_floor"] = run_floor("first", fleet.targets(engine, "floor"))
+        row["noop"] = median_of(args.repeat, lambda: run_orch("catch-up", "--target", f"{engine}.*"))
+        row["noop_floor"] = median_of(args.repeat, lambda: run_floor("noop", fleet.targets(engine, "floor")))
+        row["status"] = median_of(args.repeat, lambda: run_orch("status", "--target", f"{engine}.*"))
+        if peers and engine != "redis":
+            row.update(measure_peers(engine, fleet, peers, work, args))
+        rows[engine] = row
+    print("whole fleet: no-op catch-up and status ...", file=sys.stderr)
+    everything = [t for e in ENGINES for t in fleet.targets(e, "floor")]
+    whole: dict[str, Any] = {"targets": sum(r["targets"] for r in rows.values())}
+    whole["noop"] = median_of(args.repeat, lambda: run_orch("catch-up"))
+    whole["status"] = median_of(args.repeat, lambda: run_orch("status"))
+    whole["noop_floor"] = median_of(args.repeat, lambda: run_floor("noop", everything))
+    whole["first"] = sum(r["first"] for r in rows.values())
+    whole["first_floor"] = sum(r["first_floor"] for r in rows.values())
+    rows["fleet"] = whole
+    startup = median_of(5, lambda: timed([*orch, "--version"], env=env)[0])
+    results["startup_s"] = startup
+    results["peak_rss_mb"] = peak
+    results["total_s"] = time.perf_counter() - started
+    return rows
+
+
+def measure_peers(engine: str, fleet: Fleet, peers: tuple[Path, Path], work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    dbmate, yoyo = peers
+    out: dict[str, Any] = {}
+    names = fleet.names(engine, "dbmate")
+    base = [str(dbmate), "--migrations-dir", str(work / "dbmate"), "--no-dump-schema"]
+    print(f"{engine}: dbmate loop over {len(names)} targets ...", file=sys.stderr)
+    out["dbmate_n"] = len(names)
+    out["dbmate_first"] = loop([[*base, "--url", dbmate_url(engine, fleet, n), "up"] for n in names]) / len(names)
+    out["dbmate_noop"] = loop([[*base, "--url", dbmate_url(engine, fleet, n), "migrate"] for n in names]) / len(names)
+    out["dbmate_status"] = loop([[*base, "--url", dbmate_url(engine, fleet, n), "status"] for n in names]) / len(names)
+    names = fleet.names(engine, "yoyo")
+    print(f"{engine}: yoyo loop over {len(names)} targets ...", file=sys.stderr)
+    ybase = [str(yoyo)]
+    out["yoyo_n"] = len(names)
+    apply = lambda n: [*ybase, "apply", "--batch", "--no-config-file", "--database", yoyo_url(engine, fleet, n), str(work / "yoyo")]  # noqa: E731
+    out["yoyo_first"] = loop([apply(n) for n in names]) / len(names)
+    out["yoyo_noop"] = loop([apply(n) for n in names]) / len(names)
+    out["yoyo_status"] = loop([[*ybase, "list", "--no-config-file", "--database", yoyo_url(engine, fleet, n), str(work / "yoyo")]
+                               for n in names]) / len(names)
+    return out
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def render(results: dict[str, Any]) -> str:
+    rows = results["rows"]
+    lines = [
+        f"fleet: {', '.join(f'{v} {k}' for k, v in results['targets'].items())}; {results['migrations']} migrations per set; "
+        f"{results['workers']} workers; {results['cpus']} CPUs; Python {results['python']}",
+        "",
+        "| engine (targets) | first catch-up | floor | ratio | no-op catch-up | floor | ratio | status | ratio to floor |"
+        " dbmate no-op / target | yoyo no-op / target | orchestrator no-op / target | vs dbmate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for engine, r in rows.items():
+        n = r["targets"]
+        per = r["noop"] / n
+        dbmate = r.get("dbmate_noop")
+        yoyo = r.get("yoyo_noop")
+        lines.append(
+            f"| {engine} ({n}) | {r['first']:.2f} s | {r['first_floor']:.2f} s | {r['first'] / r['first_floor']:.2f}x "
+            f"| {r['noop']:.2f} s | {r['noop_floor']:.2f} s | {r['noop'] / r['noop_floor']:.2f}x "
+            f"| {r['status']:.2f} s | {r['status'] / r['noop_floor']:.2f}x "
+            f"| {f'{dbmate * 1000:.1f} ms' if dbmate else '-'} | {f'{yoyo * 1000:.1f} ms' if yoyo else '-'} "
+            f"| {per * 1000:.2f} ms | {f'{dbmate / per:.0f}x faster' if dbmate else '-'} |")
+    peers = [(e, r) for e, r in rows.items() if "dbmate_first" in r]
+    if peers:
+        lines += ["", "Peers, per target (one process per target, in a loop; first apply / no-op / status):", "",
+                  "| engine | dbmate (targets) | yoyo (targets) | orchestrator first / target |", "|---|---|---|---|"]
+        for engine, r in peers:
+            lines.append(
+                f"| {engine} | {r['dbmate_first'] * 1000:.1f} / {r['dbmate_noop'] * 1000:.1f} / {r['dbmate_status'] * 1000:.1f} ms "
+                f"({r['dbmate_n']}) | {r['yoyo_first'] * 1000:.0f} / {r['yoyo_noop'] * 1000:.0f} / {r['yoyo_status'] * 1000:.0f} ms "
+                f"({r['yoyo_n']}) | {r['first'] / r['targets'] * 1000:.1f} ms |")
+    lines += ["", f"orchestrator peak RSS (largest of all its runs): {results['peak_rss_mb']:.0f} MB; "
+              f"CLI start-up (--version): {results['startup_s'] * 1000:.0f} ms; benchmark took {results['total_s']:.0f} s"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
