@@ -349,16 +349,17 @@ class MigrationSet:
     folder: Path
     migrations: tuple[Migration, ...]
     warnings: tuple[str, ...] = field(default=())
+    _index: dict[str, Migration] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     @property
     def versions(self) -> list[str]:
         return [m.version for m in self.migrations]
 
     def get(self, version: str) -> Migration | None:
-        for m in self.migrations:
-            if m.version == version:
-                return m
-        return None
+        index = self._index
+        if not index and self.migrations:  # built on first use; status asks once per ledger row
+            index.update((m.version, m) for m in self.migrations)
+        return index.get(version)
 
 
 _ENGINE_FILE_NAMES = frozenset(n for names in ENGINE_FILES.values() for n in names)
