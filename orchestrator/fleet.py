@@ -132,10 +132,28 @@ class _SetInfo:
         self.error: str | None = None
         self.mset: MigrationSet | None = None
         self._scripts: dict[tuple[str, str], tuple[Script | None, str | None]] = {}
+        self._expected: dict[str, dict[str, str | None]] = {}
+        self._guard = threading.Lock()
+        self.versions: frozenset[str] = frozenset()
         try:
             self.mset = discover(spec.name, spec.folder)
+            self.versions = frozenset(self.mset.versions)
         except SetError as exc:
             self.error = _line(exc)
+
+    def expected(self, driver: str) -> dict[str, str | None]:
+        """version -> checksum of the file an engine runs (None: no usable file); computed once per run."""
+        hit = self._expected.get(driver)
+        if hit is None:
+            with self._guard:  # taken once per engine; later reads are plain dict reads
+                hit = self._expected.get(driver)
+                if hit is None:
+                    hit = {}
+                    for version in (self.mset.versions if self.mset else ()):
+                        script, _ = self.script(driver, version)
+                        hit[version] = script.checksum if script else None
+                    self._expected[driver] = hit
+        return hit
 
     def script(self, driver: str, version: str) -> tuple[Script | None, str | None]:
         """(script, None) or (None, one-line reason) for a version on an engine; checksum read once."""
@@ -173,7 +191,8 @@ def _assess(info: _SetInfo, dbid: str, driver: str, rows: dict[str, LedgerRow], 
     spec = info.spec
     st = BindingStatus(spec.name, dbid, "current", driver=driver, apply=spec.apply)
     assert info.mset is not None
-    in_set = set(info.mset.versions)
+    in_set = info.versions
+    expected = info.expected(driver)
     done = [r for v, r in rows.items() if r.status == "applied" and (not r.legacy or v in in_set)]
     st.applied = len(done)
     if done:
@@ -182,21 +201,21 @@ def _assess(info: _SetInfo, dbid: str, driver: str, rows: dict[str, LedgerRow], 
     pending, st.out_of_order = pending_migrations(info.mset, rows)
     st.pending = [m.version for m in pending]
     for version in st.pending:
-        _, problem = info.script(driver, version)
-        if problem and st.error is None:
-            st.error = f"would fail: {problem}"
+        if expected[version] is None:
+            st.error = f"would fail: {info.script(driver, version)[1]}"
+            break
     for version, row in rows.items():
         if row.legacy or row.status != "applied":
-            continue  # adopted C-tool rows have no checksum; rows of other sets are not read
+            continue  # adopted C-tool rows are not this set's to judge
         if version not in in_set:
             st.drift.append(f"{spec.name}/{version}: applied on {dbid} but missing from the set")
-            continue
-        script, problem = info.script(driver, version)
-        if script is None:
-            if row.checksum:
+        elif row.checksum and expected[version] != row.checksum:  # a baseline without a file has none
+            script, problem = info.script(driver, version)
+            if script is None:
                 st.drift.append(f"{problem} (applied on {dbid})")
-        elif row.checksum and row.checksum != script.checksum:
-            st.drift.append(f"{script.label}: changed since it was applied on {dbid} (checksum {row.checksum[:12]}, file now {script.checksum[:12]})")
+            else:
+                st.drift.append(f"{script.label}: changed since it was applied on {dbid} "
+                                f"(checksum {row.checksum[:12]}, file now {script.checksum[:12]})")
     blocked = blocking_row(rows)
     if blocked is not None:
         st.state = "failed"
