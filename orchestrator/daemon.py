@@ -28,25 +28,24 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import __version__, defaults, fleet, render
 from orchestrator import config as config_module
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.backoff import Backoff, Clock, Retry
 from orchestrator.http import Metrics, StatusServer, check_http_config, is_loopback
+from orchestrator.watcher import Watcher
 from orchestrator.redact import redact
 
 if TYPE_CHECKING:
     from orchestrator.config import Config
     from orchestrator.fleet import BindingStatus, FleetReport
 
-__all__ = ["Daemon", "Backoff", "Retry", "Watcher", "command", "parse_shard", "run_once"]
+__all__ = ["Daemon", "command", "parse_shard", "run_once"]
 
 log = logging.getLogger("daemon")
-
-Clock = Callable[[], datetime]
 
 
 def utcnow() -> datetime:
@@ -89,161 +88,6 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
         raise ConfigError(f"daemon: --shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/2 and 1/2 for two replicas")
     return int(m.group(1)), int(m.group(2))
-
-
-# -- retries ----------------------------------------------------------------------
-
-
-@dataclass
-class Retry:
-    """A failing (set, target): how often it failed in a row and when it may be tried again."""
-
-    set_id: str
-    dbid: str
-    state: str  # "failed" or "unreachable"
-    failures: int
-    next_at: datetime
-    error: str | None = None
-
-
-class Backoff:
-    """Exponential retry delays per (set, target): ``first``, 2×, 4×, … capped at ``cap`` seconds; forgotten on success."""
-
-    def __init__(self, clock: Clock, first: float = defaults.RETRY_MIN, cap: float = defaults.RETRY_MAX):
-        self.clock = clock
-        self.first, self.cap = first, max(cap, first)
-        self._entries: dict[tuple[str, str], Retry] = {}
-        self._lock = threading.Lock()
-
-    def configure(self, first: float, cap: float) -> None:
-        self.first, self.cap = first, max(cap, first)
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th failure in a row."""
-        return min(self.cap, self.first * 2 ** min(max(failures - 1, 0), 60))
-
-    def fail(self, set_id: str, dbid: str, state: str, error: str | None) -> Retry:
-        with self._lock:
-            previous = self._entries.get((set_id, dbid))
-            failures = (previous.failures if previous else 0) + 1
-            entry = Retry(set_id, dbid, state, failures, self.clock() + timedelta(seconds=self.delay(failures)), error)
-            self._entries[(set_id, dbid)] = entry
-            return entry
-
-    def succeed(self, set_id: str, dbid: str) -> Retry | None:
-        """Forget a (set, target)'s failures; returns the entry it had, if any."""
-        with self._lock:
-            return self._entries.pop((set_id, dbid), None)
-
-    def get(self, set_id: str, dbid: str) -> Retry | None:
-        with self._lock:
-            return self._entries.get((set_id, dbid))
-
-    def due(self, set_id: str, dbid: str) -> bool:
-        """True when the (set, target) may run now: never failed, or its wait is over."""
-        entry = self.get(set_id, dbid)
-        return entry is None or self.clock() >= entry.next_at
-
-    def entries(self) -> list[Retry]:
-        with self._lock:
-            return sorted(self._entries.values(), key=lambda r: (r.set_id, r.dbid))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-# -- watching the set folders -----------------------------------------------------
-
-
-def _signature(folder: Path) -> tuple[tuple[str, int, int], ...] | None:
-    """(name, size, mtime) of every entry of a set folder and of its migration folders; None when unreadable."""
-    entries: list[tuple[str, int, int]] = []
-    try:
-        with os.scandir(folder) as it:
-            for entry in it:
-                if entry.name.startswith(".") or entry.name == "__pycache__":
-                    continue  # editors' and copy tools' temporary files are hidden; discovery ignores them too
-                try:
-                    if entry.is_dir():
-                        entries.append((entry.name + "/", 0, 0))
-                        with os.scandir(entry.path) as sub:
-                            for child in sub:
-                                if not child.name.startswith(".") and child.name != "__pycache__":
-                                    st = child.stat()
-                                    entries.append((f"{entry.name}/{child.name}", st.st_size, st.st_mtime_ns))
-                    else:
-                        st = entry.stat()
-                        entries.append((entry.name, st.st_size, st.st_mtime_ns))
-                except OSError:
-                    entries.append((entry.name, -1, -1))  # vanished mid-scan: a change like any other
-    except OSError:
-        return None
-    return tuple(sorted(entries))
-
-
-class Watcher:
-    """Polls set folders (a stat per file, no extra dependency); reports a set once its changes have settled.
-
-    A set is reported when one scan saw a change and the next saw the same sizes
-    and mtimes again, so a file still being written is never handed to a run.
-    """
-
-    def __init__(self, folders: dict[str, Path]):
-        self._lock = threading.Lock()
-        self._folders: dict[str, Path] = {}
-        self._seen: dict[str, Any] = {}
-        self._dirty: set[str] = set()
-        self.set_folders(folders)
-
-    def set_folders(self, folders: dict[str, Path]) -> None:
-        """Watch these sets; a new or moved folder's current content is the baseline, not a change."""
-        fresh = {name: _signature(folder) for name, folder in folders.items() if self._folders.get(name) != folder}
-        with self._lock:
-            for name in list(self._folders):
-                if name not in folders:
-                    self._seen.pop(name, None)
-                    self._dirty.discard(name)
-            for name, sig in fresh.items():
-                self._seen[name] = sig
-                self._dirty.discard(name)
-            self._folders = dict(folders)
-
-    def scan(self) -> list[str]:
-        """One poll: the sets whose files changed and have held still since the previous poll."""
-        with self._lock:
-            folders = list(self._folders.items())
-        settled = []
-        for name, folder in folders:
-            sig = _signature(folder)
-            with self._lock:
-                if self._folders.get(name) != folder:
-                    continue
-                if sig != self._seen.get(name):
-                    self._seen[name] = sig
-                    self._dirty.add(name)
-                elif name in self._dirty:
-                    self._dirty.discard(name)
-                    settled.append(name)
-        return settled
-
-    def settled(self, name: str) -> bool:
-        """Whether a run may read the set now: unchanged since the last poll, with no change still settling.
-
-        A change seen here counts as seen by a poll, so the next poll that finds it
-        unchanged reports the set.
-        """
-        with self._lock:
-            folder = self._folders.get(name)
-        if folder is None:
-            return True
-        sig = _signature(folder)
-        with self._lock:
-            if sig != self._seen.get(name):
-                self._seen[name] = sig
-                self._dirty.add(name)
-                return False
-            return name not in self._dirty
 
 
 # -- the daemon -------------------------------------------------------------------

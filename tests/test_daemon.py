@@ -27,7 +27,9 @@ from typing import Any, Callable
 import pytest
 
 from orchestrator import config as config_module
-from orchestrator.daemon import Backoff, Daemon, Watcher, parse_shard
+from orchestrator.backoff import Backoff
+from orchestrator.daemon import Daemon, parse_shard
+from orchestrator.watcher import Watcher
 from orchestrator.errors import ConfigError
 from tests.conftest import mysql_connect, pg_connect
 
