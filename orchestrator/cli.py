@@ -173,31 +173,30 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_resolve(args: argparse.Namespace) -> int:
+def _with_target(args: argparse.Namespace, action: Any) -> Any:
+    """Load the config, the set and one connected target; run ``action(target, set)``; close the target."""
     from orchestrator.config import load
-    from orchestrator.runner import resolve
 
     config = load(args.config)
     migration_set = _resolve_set(config, args.set)
     target = _open(config, args.dbid)
     try:
-        resolve(target, migration_set, args.version, args.action, config_name=args.config)
+        return action(target, migration_set)
     finally:
         target.close()
+
+
+def _cmd_resolve(args: argparse.Namespace) -> int:
+    from orchestrator.runner import resolve
+
+    _with_target(args, lambda target, mset: resolve(target, mset, args.version, args.action, config_name=args.config))
     return 0
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from orchestrator.config import load
     from orchestrator.runner import baseline
 
-    config = load(args.config)
-    migration_set = _resolve_set(config, args.set)
-    target = _open(config, args.dbid)
-    try:
-        recorded = baseline(target, migration_set, args.version)
-    finally:
-        target.close()
+    recorded = _with_target(args, lambda target, mset: baseline(target, mset, args.version))
     log.info("baseline: %d migration(s) recorded as applied up to %s", len(recorded), args.version)
     return 0
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import __version__, defaults, fleet, render
 from orchestrator import config as config_module
 from orchestrator.errors import ConfigError, OrchestratorError
-from orchestrator.backoff import Backoff, Clock, Retry
+from orchestrator.backoff import Backoff, Clock
 from orchestrator.http import Metrics, StatusServer, check_http_config, is_loopback
 from orchestrator.watcher import Watcher
 from orchestrator.redact import redact
