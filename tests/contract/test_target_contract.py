@@ -68,10 +68,11 @@ def test_fresh_ledger_is_empty_and_reading_creates_nothing(engine_entry: Any) ->
         target.close()
 
 
-def test_second_runner_sees_lock_held(engine_entry: Any) -> None:
+def test_second_runner_sees_lock_held(engine_entry: Any, tmp_path: Path) -> None:
     driver, entry = engine_entry
     if driver == "sqlite":
-        pytest.skip("SQLite serialises per migration with BEGIN IMMEDIATE; covered by the racing test")
+        _second_sqlite_writer_sees_lock_held(entry, tmp_path)
+        return
     first, second = make_target(driver, entry), make_target(driver, entry)
     try:
         with first.lock("s1", wait=0):
@@ -80,10 +81,30 @@ def test_second_runner_sees_lock_held(engine_entry: Any) -> None:
                 with second.lock("s1", wait=0.3):
                     pass
             assert time.monotonic() - started < 5
+            assert first.holder("s1") is not None  # status can name who holds it
             with second.lock("other-set", wait=0):  # locks are per set
                 pass
         with second.lock("s1", wait=0):  # released
             pass
+    finally:
+        first.close()
+        second.close()
+
+
+def _second_sqlite_writer_sees_lock_held(entry: dict[str, Any], tmp_path: Path) -> None:
+    """SQLite's lock is the file's write lock, taken per migration: a second writer waits busy_timeout, then reports it."""
+    write_migration(tmp_path / "s1", "sqlite", entry, "2024-01-01_00-00-00_first")
+    migration_set = discover("s1", tmp_path / "s1")
+    entry = {**entry, "busy_timeout": 200}
+    first, second = make_target("sqlite", entry), make_target("sqlite", entry)
+    try:
+        first._execute("BEGIN IMMEDIATE")  # another process in the middle of a migration
+        started = time.monotonic()
+        with pytest.raises(LockHeld):
+            run(second, migration_set, lock_wait=0.3)
+        assert time.monotonic() - started < 5
+        first._execute("ROLLBACK")
+        assert [a.version for a in run(second, migration_set).applied] == ["2024-01-01_00-00-00_first"]
     finally:
         first.close()
         second.close()
