@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -189,7 +188,7 @@ def loop(argvs: list[list[str]], cwd: Path | None = None) -> float:
     """Wall seconds of running each command in turn (a shell loop over the fleet)."""
     started = time.perf_counter()
     for argv in argvs:
-        proc = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
         if proc.returncode != 0:
             raise SystemExit(f"peer failed: {' '.join(argv[:3])}...: {proc.stderr.decode(errors='replace').strip()[-300:]}")
     return time.perf_counter() - started
@@ -413,11 +412,12 @@ def measure(args: argparse.Namespace, fleet: Fleet, config: Path, peers: tuple[P
             continue
         print(f"{engine}: first catch-up of {n} targets ...", file=sys.stderr)
         row: dict[str, Any] = {"targets": n}
-        row["first"] = run_orch("catch-up", "--target", f"{engine}.*")
-        row["first_floor"] = run_floor("first", fleet.targets(engine, "floor"))
-        row["noop"] = median_of(args.repeat, lambda: run_orch("catch-up", "--target", f"{engine}.*"))
-        row["noop_floor"] = median_of(args.repeat, lambda: run_floor("noop", fleet.targets(engine, "floor")))
-        row["status"] = median_of(args.repeat, lambda: run_orch("status", "--target", f"{engine}.*"))
+        pattern, floor = f"{engine}.*", fleet.targets(engine, "floor")
+        row["first"] = run_orch("catch-up", "--target", pattern)
+        row["first_floor"] = run_floor("first", floor)
+        row["noop"] = median_of(args.repeat, lambda p=pattern: run_orch("catch-up", "--target", p))
+        row["noop_floor"] = median_of(args.repeat, lambda f=floor: run_floor("noop", f))
+        row["status"] = median_of(args.repeat, lambda p=pattern: run_orch("status", "--target", p))
         if peers and engine != "redis":
             row.update(measure_peers(engine, fleet, peers, work, args))
         rows[engine] = row
@@ -451,7 +451,10 @@ def measure_peers(engine: str, fleet: Fleet, peers: tuple[Path, Path], work: Pat
     print(f"{engine}: yoyo loop over {len(names)} targets ...", file=sys.stderr)
     ybase = [str(yoyo)]
     out["yoyo_n"] = len(names)
-    apply = lambda n: [*ybase, "apply", "--batch", "--no-config-file", "--database", yoyo_url(engine, fleet, n), str(work / "yoyo")]  # noqa: E731
+
+    def apply(n: str) -> list[str]:
+        return [*ybase, "apply", "--batch", "--no-config-file", "--database", yoyo_url(engine, fleet, n), str(work / "yoyo")]
+
     out["yoyo_first"] = loop([apply(n) for n in names]) / len(names)
     out["yoyo_noop"] = loop([apply(n) for n in names]) / len(names)
     out["yoyo_status"] = loop([[*ybase, "list", "--no-config-file", "--database", yoyo_url(engine, fleet, n), str(work / "yoyo")]

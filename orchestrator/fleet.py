@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from orchestrator import defaults
-from orchestrator.errors import ConfigError, LockHeld, MigrationError, OrchestratorError, SetError, TargetUnreachable
+from orchestrator.errors import ConfigError, LockHeld, OrchestratorError, SetError, TargetUnreachable
 
 if TYPE_CHECKING:
     from orchestrator.config import Config, SetSpec
     from orchestrator.sets import MigrationSet, Script
     from orchestrator.targets import Applied, LedgerRow, Target
 
-__all__ = ["BindingStatus", "FleetReport", "status", "plan", "catch_up", "validate", "validation", "Validation",
-           "shard_of", "command", "STATES"]
+__all__ = ["BindingStatus", "FleetReport", "status", "plan", "catch_up", "validate", "validation", "shard_of", "command",
+           "STATES"]
 
 log = logging.getLogger("fleet")
 
@@ -363,9 +363,7 @@ def _per_binding(run: _Run, dbid: str, readonly: bool,
     down: tuple[str, str] | None = None
     try:
         target = _open(run, dbid, readonly)
-    except BaseException as exc:  # noqa: BLE001 - every failure becomes this target's state
-        if not isinstance(exc, Exception):
-            raise
+    except Exception as exc:  # every failure to connect becomes this target's state
         down = _failure_state(dbid, None, exc)
     try:
         for set_name in run.groups[dbid]:
@@ -413,6 +411,10 @@ def status(config: Any, set_name: str | None = None, target: str | None = None, 
     """
     config = _load(config)
     run = _prepare(config, set_name, target, shard, skip, on_result=on_result, config_name=config_name)
+    return _status_of(run, workers)
+
+
+def _status_of(run: _Run, workers: int | None) -> FleetReport:
     return _fan_out(run, lambda r, dbid: _per_binding(r, dbid, True, lambda t, i, d: _read_binding(r, t, i, d)),
                     workers, "status")
 
@@ -522,104 +524,15 @@ def catch_up(config: Any, set_name: str | None = None, target: str | None = None
         r, dbid, False, lambda t, i, d: _catch_up_binding(r, t, i, d, lock_wait)), workers, "catch-up")
 
 
-# -- validate --------------------------------------------------------------------
-
-
-@dataclass
-class Validation:
-    """Findings of ``validate``: one line each; targets that could not be checked are listed apart."""
-
-    findings: list[str]
-    unreachable: list[str]
-    sets: int = 0
-    targets: int = 0
-    wall_ms: int = 0
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.findings else 3 if self.unreachable else 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"command": "validate", "exit_code": self.exit_code, "sets": self.sets, "targets": self.targets,
-                "findings": list(self.findings), "unreachable": list(self.unreachable), "wall_ms": self.wall_ms}
-
-
-def _check_set(info: _SetInfo, drivers: dict[str, int]) -> list[str]:
-    """Every file of a set, for every engine it is bound to: readable, UTF-8, directives, parseable."""
-    import ast
-    import os
-
-    from orchestrator.sets import ENGINE_FILES, numeric_order_warning
-
-    if info.error is not None or info.mset is None:
-        return [info.error or f"{info.spec.name}: unreadable"]
-    mset = info.mset
-    findings: list[str] = []
-    known = {m.path.name for m in mset.migrations}
-    engine_files = {name for names in ENGINE_FILES.values() for name in names}
-    for entry in sorted(os.scandir(mset.folder), key=lambda e: e.name):
-        if entry.name.startswith(".") or entry.name == "__pycache__" or entry.name.endswith(".down.sql"):
-            continue  # hidden, caches and forward-only down files are ignored on purpose
-        if entry.name not in known:
-            findings.append(f"{mset.name}/{entry.name}: ignored (unknown extension; use .sql, .py, .redis or a folder)")
-        elif entry.is_dir():
-            for child in sorted(os.scandir(entry.path), key=lambda e: e.name):
-                if not child.name.startswith(".") and child.name != "__pycache__" and child.name not in engine_files:
-                    findings.append(f"{mset.name}/{entry.name}/{child.name}: ignored (expected {', '.join(sorted(engine_files))})")
-    warning = numeric_order_warning(mset)
-    if warning:
-        findings.append(warning)
-    seen: set[str] = set()
-    for migration in mset.migrations:
-        for driver, bound in drivers.items():
-            try:
-                script = migration.script_for(driver)
-            except MigrationError as exc:
-                findings.append(f"{_line(exc)}; {bound} {driver} target(s) are bound to {mset.name}")
-                continue
-            # A generic file is checked once, though each SQL dialect splits it on its own.
-            if str(script.path) in seen:
-                continue
-            seen.add(str(script.path))
-            try:
-                script.prepare()
-                if script.kind == "sql" and all(next(iter(script.statements(d)), None) is None
-                                                for d in drivers if d != "redis"):
-                    findings.append(f"{script.label}: holds no SQL statement")
-                elif script.kind == "redis" and not script.redis_commands():
-                    findings.append(f"{script.label}: holds no Redis command")
-                elif script.kind == "py" and not any(
-                        isinstance(node, ast.FunctionDef) and node.name == "up" for node in ast.parse(script.text()).body):
-                    findings.append(f"{script.label}: defines no up(db) function")
-            except OrchestratorError as exc:
-                findings.append(_line(exc))
-    return findings
+# -- validate (the checks themselves live in orchestrator.checks) ---------------
 
 
 def validation(config: Any, set_name: str | None = None, target: str | None = None, workers: int | None = None,
-               config_name: str | None = None) -> Validation:
-    """Check the sets' files and every reachable target's ledger against them; changes nothing."""
-    started = time.monotonic()
-    config = _load(config)
-    run = _prepare(config, set_name, target, None, None, config_name=config_name)
-    result = Validation([], [], sets=len(run.infos), targets=len(run.groups))
-    for info in run.infos.values():
-        drivers: dict[str, int] = {}
-        for dbid, names in run.groups.items():
-            if info.spec.name in names:
-                drivers[dbid.split(".", 1)[0]] = drivers.get(dbid.split(".", 1)[0], 0) + 1
-        result.findings.extend(_check_set(info, drivers))
-    report = status(config, set_name, target, workers, config_name=config_name)
-    for b in report.bindings:
-        if b.set_error:
-            continue  # already a finding of the set
-        if b.state == "unreachable":
-            result.unreachable.append(f"{b.error} (ledger of {b.set_id} not checked)")
-        elif b.state == "failed":
-            result.findings.append(b.error or f"{b.dbid}/{b.set_id}: failed")
-        result.findings.extend(b.drift)
-    result.wall_ms = int((time.monotonic() - started) * 1000)
-    return result
+               config_name: str | None = None) -> Any:
+    """A :class:`orchestrator.checks.Validation`: the sets' files and every reachable ledger checked; changes nothing."""
+    from orchestrator.checks import validation as check
+
+    return check(config, set_name, target, workers, config_name)
 
 
 def validate(config: Any, set_name: str | None = None, target: str | None = None) -> list[str]:
@@ -660,7 +573,7 @@ def command(args: Any) -> int:
             if finished:
                 advance()
 
-        common = dict(workers=workers, on_result=on_result, config_name=args.config)
+        common: dict[str, Any] = {"workers": workers, "on_result": on_result, "config_name": args.config}
         if args.command == "catch-up":
             lock_wait = getattr(args, "lock_wait", None)
             report = catch_up(config, args.set_name, args.target,

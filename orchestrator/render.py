@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:
-    from orchestrator.fleet import BindingStatus, FleetReport, Validation
+    from orchestrator.checks import Validation
+    from orchestrator.fleet import BindingStatus, FleetReport
 
 __all__ = ["utc", "progress", "binding_line", "report", "validation", "summary_line", "table_rows"]
 

@@ -200,7 +200,10 @@ def build_fleet(project: Any, pg_db: dict[str, Any], mysql_dbs: Callable[[int], 
                 entry = {**entry, "port": CLOSED_PORT, "connection_timeout": 1}
             entries[project.add_target(driver, host, entry)] = entry
     key = redis_prefix["prefix"]  # migration keys stay under the test's prefix, so the fixture cleans them
-    by_state = lambda state: sorted(d for d in entries if d.split(".")[1].startswith(state))  # noqa: E731
+
+    def by_state(state: str) -> list[str]:
+        return sorted(d for d in entries if d.split(".")[1].startswith(state))
+
     project.add_set("app", by_state("cur") + by_state("pend") + by_state("lock") + by_state("down"))
     write_set(project, "app", [
         ("2024-01-01_a", "CREATE TABLE app_a (id INTEGER);\n", f"RPUSH {key}app_a 1\n"),

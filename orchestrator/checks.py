@@ -1,0 +1,126 @@
+"""``validate``: check config, sets and ledgers without changing anything.
+
+The config is checked by loading it (a fault is a ConfigError, exit 2). Every set
+is checked for every engine bound to it: entries that would be ignored (unknown
+extension, stray files in a migration folder), numeric prefixes that sort out of
+numeric order, a migration with no file for an engine, and each file read,
+decoded, its directives parsed, SQL split, Redis commands parsed and Python
+compiled. Every reachable target's ledger is then compared with the files (the
+fleet status read: drift and failed rows). One line per finding.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import MigrationError, OrchestratorError
+from orchestrator.fleet import _line, _load, _prepare, _SetInfo, _status_of
+
+__all__ = ["Validation", "validation"]
+
+
+@dataclass
+class Validation:
+    """Findings of ``validate``, one line each; targets whose ledger could not be read are listed apart."""
+
+    findings: list[str]
+    unreachable: list[str]
+    sets: int = 0
+    targets: int = 0
+    wall_ms: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """1 on any finding, else 3 when a ledger could not be checked, else 0."""
+        return 1 if self.findings else 3 if self.unreachable else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": "validate", "exit_code": self.exit_code, "sets": self.sets, "targets": self.targets,
+                "findings": list(self.findings), "unreachable": list(self.unreachable), "wall_ms": self.wall_ms}
+
+
+def _ignored_entries(info: _SetInfo) -> list[str]:
+    from orchestrator.sets import ENGINE_FILES
+
+    assert info.mset is not None
+    mset = info.mset
+    known = {m.path.name for m in mset.migrations}
+    engine_files = {name for names in ENGINE_FILES.values() for name in names}
+    findings = []
+    for entry in sorted(os.scandir(mset.folder), key=lambda e: e.name):
+        if entry.name.startswith(".") or entry.name == "__pycache__" or entry.name.endswith(".down.sql"):
+            continue  # hidden files, caches and forward-only down files are ignored on purpose
+        if entry.name not in known:
+            findings.append(f"{mset.name}/{entry.name}: ignored (unknown extension; use .sql, .py, .redis or a folder)")
+        elif entry.is_dir():
+            for child in sorted(os.scandir(entry.path), key=lambda e: e.name):
+                if not child.name.startswith(".") and child.name != "__pycache__" and child.name not in engine_files:
+                    findings.append(f"{mset.name}/{entry.name}/{child.name}: ignored (expected {', '.join(sorted(engine_files))})")
+    return findings
+
+
+def _check_set(info: _SetInfo, drivers: dict[str, int]) -> list[str]:
+    """Every file of a set, for every engine it is bound to (``drivers``: engine -> bound targets)."""
+    from orchestrator.sets import numeric_order_warning
+
+    if info.error is not None or info.mset is None:
+        return [info.error or f"{info.spec.name}: unreadable"]
+    mset = info.mset
+    findings = _ignored_entries(info)
+    warning = numeric_order_warning(mset)
+    if warning:
+        findings.append(warning)
+    seen: set[str] = set()
+    for migration in mset.migrations:
+        for driver, bound in drivers.items():
+            try:
+                script = migration.script_for(driver)
+            except MigrationError as exc:
+                findings.append(f"{_line(exc)}; {bound} {driver} target(s) are bound to {mset.name}")
+                continue
+            # A generic file is checked once, though each SQL dialect splits it on its own.
+            if str(script.path) in seen:
+                continue
+            seen.add(str(script.path))
+            try:
+                script.prepare()
+                if script.kind == "sql" and all(next(iter(script.statements(d)), None) is None
+                                                for d in drivers if d != "redis"):
+                    findings.append(f"{script.label}: holds no SQL statement")
+                elif script.kind == "redis" and not script.redis_commands():
+                    findings.append(f"{script.label}: holds no Redis command")
+                elif script.kind == "py" and not any(
+                        isinstance(node, ast.FunctionDef) and node.name == "up" for node in ast.parse(script.text()).body):
+                    findings.append(f"{script.label}: defines no up(db) function")
+            except OrchestratorError as exc:
+                findings.append(_line(exc))
+    return findings
+
+
+def validation(config: Any, set_name: str | None = None, target: str | None = None, workers: int | None = None,
+               config_name: str | None = None) -> Validation:
+    """Check the selected sets' files and every reachable target's ledger against them; changes nothing."""
+    started = time.monotonic()
+    run = _prepare(_load(config), set_name, target, None, None, config_name=config_name)
+    result = Validation([], [], sets=len(run.infos), targets=len(run.groups))
+    for info in run.infos.values():
+        drivers: dict[str, int] = {}
+        for dbid, names in run.groups.items():
+            if info.spec.name in names:
+                driver = dbid.split(".", 1)[0]
+                drivers[driver] = drivers.get(driver, 0) + 1
+        result.findings.extend(_check_set(info, drivers))
+    for b in _status_of(run, workers).bindings:
+        if b.set_error:
+            continue  # already a finding of the set
+        if b.state == "unreachable":
+            result.unreachable.append(f"{b.error} (ledger of {b.set_id} not checked)")
+        elif b.state == "failed":
+            result.findings.append(b.error or f"{b.dbid}/{b.set_id}: failed")
+        result.findings.extend(b.drift)
+    result.wall_ms = int((time.monotonic() - started) * 1000)
+    return result
