@@ -59,7 +59,9 @@ def progress(total: int, command: str, enabled: bool = True) -> Iterator[Callabl
     bar = Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TextColumn("targets"),
                    TimeElapsedColumn(), console=console, transient=True)
     task = bar.add_task(command, total=total)
-    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    # Only handlers writing to this terminal are rerouted; files and other streams stay as they are.
+    handlers = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr]
     with bar:
         # The bar redraws on stderr; log lines must pass through its console or they tear it.
         previous = [h.setStream(console.file) for h in handlers]  # type: ignore[func-returns-value]
@@ -129,11 +131,15 @@ def _rich_table(report: FleetReport, stream: IO[str]) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    rows = table_rows(report)
     table = Table(show_edge=False, header_style="bold")
-    for header in _HEADERS:
-        table.add_column(header, no_wrap=header not in ("ERROR", "OUT OF ORDER"),
+    for i, header in enumerate(_HEADERS):
+        # Set, target and state never shrink on a narrow terminal; the other cells fold instead.
+        keep = header in ("SET", "TARGET", "STATE")
+        widest = max([len(header), *(len(r[i]) for r in rows)])
+        table.add_column(header, no_wrap=keep, min_width=widest if keep else None, overflow="fold",
                          justify="right" if header == "APPLIED" else "left")
-    for b, row in zip(report.bindings, table_rows(report)):
+    for b, row in zip(report.bindings, rows):
         table.add_row(*row[:2], Text(row[2], style=_STYLES.get(b.state, "")), *row[3:])
     Console(file=stream).print(table)
 

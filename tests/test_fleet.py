@@ -386,3 +386,54 @@ def test_api_callbacks_skip_and_stop(project: Any) -> None:
     assert all(b.state == "current" for b in report.bindings)
     assert fleet.validate(config) == []
     assert fleet.plan(config).exit_code == 0
+
+
+class _Terminal:
+    """A text stream that says it is a terminal, to see what people at one get."""
+
+    def __init__(self) -> None:
+        import io
+
+        self.buffer = io.StringIO()
+
+    def write(self, text: str) -> int:
+        return self.buffer.write(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+    def getvalue(self) -> str:
+        return self.buffer.getvalue()
+
+
+def test_terminal_gets_a_rich_table_and_a_progress_bar(project: Any, monkeypatch: Any) -> None:
+    import logging
+    import sys
+
+    from orchestrator import render
+
+    sqlite_fleet(project, 3)
+    config = load(project.config)
+    report = fleet.catch_up(config)
+    table = _Terminal()
+    render.report(fleet.status(config), table)  # type: ignore[arg-type]
+    out = table.getvalue()
+    assert "\x1b[" in out and "sqlite.t01" in out and "current" in out  # colours, not plain text
+    assert out.rstrip().splitlines()[-1].startswith("status: 3 targets, 3 bindings: 3 current")
+    # The bar draws on stderr; log lines written meanwhile go through its console and the handler is put back.
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    handler = logging.StreamHandler(terminal)  # type: ignore[arg-type]
+    logging.getLogger().addHandler(handler)
+    try:
+        with render.progress(len(report.bindings), "catch-up") as advance:
+            logging.getLogger("fleet").warning("a line while the bar shows")
+            for _ in report.bindings:
+                advance()
+        assert handler.stream is terminal
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert "a line while the bar shows" in terminal.getvalue()
