@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.sets import discover, numeric_order_warning
-from tests.conftest import MYSQL, mysql_connect, unique
+from tests.conftest import MYSQL, mysql_connect, realworld, unique
 
-FLIPT = Path(os.environ.get("TEST_REALWORLD_DIR", "/work/shared/realworld")) / "flipt-mysql"
 _NUMBER = re.compile(r"^(\d+)_")
 
 # What defines a schema, per catalog view; the ledger table is left out of each.
@@ -44,8 +43,9 @@ CATALOG = {
 
 
 def flipt_files() -> list[Path]:
-    files = sorted(FLIPT.glob("*.up.sql"), key=lambda p: int(_NUMBER.match(p.name).group(1)))  # type: ignore[union-attr]
-    assert len(files) == 16, f"expected Flipt's 16 migrations in {FLIPT}"
+    flipt = realworld("flipt-mysql")
+    files = sorted(flipt.glob("*.up.sql"), key=lambda p: int(_NUMBER.match(p.name).group(1)))  # type: ignore[union-attr]
+    assert len(files) == 16, f"expected Flipt's 16 migrations in {flipt}"
     return files
 
 
@@ -109,7 +109,7 @@ def test_flipt_history_applies_like_the_mariadb_client(mysql_db: Any, project: A
 def test_unpadded_numeric_versions_are_flagged_on_discovery(caplog: Any, tmp_path: Path) -> None:
     name = unique("flipt")  # warnings are said once per message; a fresh set name gets its own
     with caplog.at_level(logging.WARNING, logger="sets"):
-        unpadded = discover(name, FLIPT)
+        unpadded = discover(name, realworld("flipt-mysql"))
     assert [m.version for m in unpadded.migrations][:4] == ["0_initial", "10_alter_rules_rollout_segments",
                                                             "11_change_timestamp_precision", "12_namespaces_add_state_modified_at"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
