@@ -86,6 +86,8 @@ class FleetReport:
     def exit_code(self) -> int:
         """Worst binding wins, in this precedence: 2 (a set unreadable) > 1 (failed, drift, locked) > 3 (unreachable) > 0."""
         codes = {b.exit_code for b in self.bindings}
+        if self.command == "plan" and any(b.state == "pending" and b.error and b.apply == "auto" for b in self.bindings):
+            codes.add(1)  # catch-up would fail there: a pending migration has no usable file for the engine
         for code in (2, 1, 3):
             if code in codes:
                 return code

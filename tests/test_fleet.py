@@ -437,3 +437,15 @@ def test_terminal_gets_a_rich_table_and_a_progress_bar(project: Any, monkeypatch
     finally:
         logging.getLogger().removeHandler(handler)
     assert "a line while the bar shows" in terminal.getvalue()
+
+
+def test_plan_fails_when_catch_up_would(project: Any, orchestrator: Any) -> None:
+    sqlite_fleet(project, 1)
+    project.write("app", "2024-01-04_00-00-00_cache.redis", "SET warm 1\n")  # no file a SQLite target can run
+    code, out, _ = orchestrator("plan", project.config)
+    assert code == 1
+    assert "    warning: would fail: app/2024-01-04_00-00-00_cache.redis: no file for sqlite" in out
+    assert orchestrator("status", project.config)[0] == 0  # status reports what is, and nothing failed yet
+    code, out, _ = orchestrator("catch-up", project.config, "--json")
+    (b,) = json.loads(out)["bindings"]
+    assert code == 1 and b["state"] == "failed" and b["applied_now"] == []  # checked before anything ran
