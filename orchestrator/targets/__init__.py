@@ -127,6 +127,13 @@ def open_target(db: DatabaseConfig, table: str) -> Target:
     return cls(db, table)
 
 
+_identity: tuple[int, str] = (0, "")
+
+
 def runner_identity() -> str:
     """``host pid N``: who applied a row or holds a lock, for people reading status."""
-    return f"{socket.gethostname()} pid {os.getpid()}"
+    global _identity
+    pid = os.getpid()
+    if _identity[0] != pid:  # computed once per process (again after a fork), not per ledger row
+        _identity = (pid, f"{socket.gethostname()} pid {pid}")
+    return _identity[1]

@@ -36,9 +36,15 @@ LEDGER_COLUMNS = ("set_id", "version", "apply_time", "checksum", "duration_ms", 
 _TXN_CONTROL = re.compile(r"^\s*(BEGIN(\s+(TRANSACTION|WORK|DEFERRED|IMMEDIATE|EXCLUSIVE)(\s+TRANSACTION)?)?|START\s+TRANSACTION|COMMIT(\s+(TRANSACTION|WORK))?|END(\s+TRANSACTION)?)\s*$", re.I)
 
 
+_TXN_WORDS = ("BEGIN", "START", "COMMIT", "END")
+
+
 def is_transaction_control(sql: str) -> bool:
     """True for BEGIN/COMMIT/END statements that would break the runner's own transaction."""
-    return len(sql) < 64 and _TXN_CONTROL.match(_strip_comments(sql)) is not None
+    # Statements arrive without leading comments: the first word rules out nearly all at once.
+    if len(sql) >= 64 or not sql.lstrip()[:6].upper().startswith(_TXN_WORDS):
+        return False
+    return _TXN_CONTROL.match(_strip_comments(sql)) is not None
 
 
 def _strip_comments(sql: str) -> str:
