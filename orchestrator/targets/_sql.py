@@ -263,6 +263,7 @@ class SqlTarget:
     def record(self, set_id: str, version: str, checksum: str | None) -> None:
         self._begin()
         try:
+            self._in_transaction_lock(set_id)
             if not self._is_recorded(set_id, version):
                 self._insert_row(set_id, version, checksum, 0)
             self._commit()

@@ -262,15 +262,7 @@ class PostgresqlTarget(SqlTarget):
     def record(self, set_id: str, version: str, checksum: str | None) -> None:
         self._ensure_session()
         try:
-            self._begin()
-            try:
-                self._in_transaction_lock(set_id)
-                if not self._is_recorded(set_id, version):
-                    self._insert_row(set_id, version, checksum, 0)
-                self._commit()
-            except BaseException:
-                self._safe_rollback()
-                raise
+            super().record(set_id, version, checksum)
         except self._driver_errors() as exc:
             raise self._fail("cannot write the ledger", exc) from None
 
