@@ -411,7 +411,9 @@ def _pg_snapshot(dbname: str) -> Any:
         for schema, name, kind in catalog:
             if name == "migration" and kind == "r":
                 ledgers[schema] = conn.execute(f'SELECT * FROM "{schema}".migration ORDER BY set_id, version').fetchall()
-        locks = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()
+        # pg_locks is server-wide: count only this database's advisory locks, not other runs' on the server
+        locks = conn.execute("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                             "WHERE l.locktype = 'advisory' AND d.datname = current_database()").fetchone()
     return catalog, ledgers, locks
 
 
