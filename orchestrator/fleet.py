@@ -219,6 +219,8 @@ def _assess(info: _SetInfo, dbid: str, driver: str, rows: dict[str, LedgerRow], 
                 st.drift.append(f"{script.label}: changed since it was applied on {dbid} "
                                 f"(checksum {row.checksum[:12]}, file now {script.checksum[:12]})")
     blocked = blocking_row(rows)
+    if blocked is not None and blocked.status == "running" and holder is not None:
+        blocked = None  # a live runner holds the lock: the migration is in flight, not interrupted
     if blocked is not None:
         st.state = "failed"
         what = "failed" if blocked.status == "failed" else "was interrupted (state running)"

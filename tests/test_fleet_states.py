@@ -474,6 +474,44 @@ def test_status_plan_and_validate_leave_every_target_as_found(project: Any, pg_d
     assert not (tmp_path / "fresh.db").exists()
 
 
+def test_a_migration_in_flight_reads_as_locked_not_interrupted(project: Any, mysql_db: Any, redis_prefix: Any,
+                                                              tmp_path: Path, orchestrator: Any) -> None:
+    # MySQL and Redis record a running row while a migration runs; with its runner alive (the lock held) status
+    # must not tell a person to resolve it.
+    started, release = tmp_path / "started", tmp_path / "release"
+    project.add_target("mysql", "m", mysql_db)
+    project.add_target("redis", "r", redis_prefix)
+    project.add_set("app", ["mysql.m", "redis.r"])
+    project.write("app", "2024-01-01_wait.py", (
+        "import pathlib, time\n"
+        "def up(db):\n"
+        f"    pathlib.Path({str(started)!r}, db.driver).touch()\n"
+        "    deadline = time.monotonic() + 20\n"
+        f"    while not pathlib.Path({str(release)!r}).exists() and time.monotonic() < deadline:\n"
+        "        time.sleep(0.02)\n"))
+    started.mkdir()
+    config = load(project.config)
+    run = threading.Thread(target=lambda: reports.append(fleet.catch_up(config, workers=2)))
+    reports: list[Any] = []
+    run.start()
+    try:
+        deadline = time.monotonic() + 15
+        while len(list(started.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        code, out, err = orchestrator("status", project.config, "--json")
+        by = {b["target"]: b for b in json.loads(out)["bindings"]}
+        for dbid in ("mysql.m", "redis.r"):
+            assert by[dbid]["state"] == "locked", by[dbid]
+            assert by[dbid]["holder"] and "resolve" not in by[dbid]["error"], by[dbid]
+        assert code == 1, err
+    finally:
+        release.touch()
+        run.join(30)
+    assert {b.state for b in reports[0].bindings} == {"current"}
+    for dbid in ("mysql.m", "redis.r"):
+        assert ledger_versions(config, dbid, "app") == [("2024-01-01_wait", "applied")]
+
+
 def test_secrets_never_reach_status_output(project: Any, orchestrator: Any, monkeypatch: Any) -> None:
     monkeypatch.setenv("FLEET_TEST_PW", "pw-Secret-4711")
     for driver in ("postgresql", "mysql", "redis"):
