@@ -319,6 +319,9 @@ def test_unreadable_set_fails_its_bindings_only(project: Any, orchestrator: Any)
     assert by[("dup", "sqlite.t00")]["state"] == "failed"
     assert "duplicate version '001_a'" in by[("dup", "sqlite.t00")]["error"]
     assert by[("app", "sqlite.t00")]["state"] == by[("app", "sqlite.t01")]["state"] == "current"
+    code, out, _ = orchestrator("validate", project.config)
+    assert code == 1
+    assert "dup/001_a.sql: duplicate version '001_a' (also dup/001_a.py)" in out.splitlines()
 
 
 def test_baseline_records_without_running_then_catch_up_runs_the_rest(project: Any, orchestrator: Any) -> None:
