@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _up_all(project: Any, dbid: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "orchestrator", "up", "all", str(project.config), dbid, "s1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+                          check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
 def _tables(db: Path) -> list[str]:
