@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import pytest
 
+from orchestrator import cli
 from orchestrator import config as config_module
 from orchestrator.backoff import Backoff
 from orchestrator.daemon import Daemon, parse_shard
@@ -627,3 +628,18 @@ def test_deploy_files_parse_and_their_config_loads(tmp_path: Path) -> None:
     assert loaded.daemon.http.host == "0.0.0.0" and loaded.daemon.http.token is not None
     compose_config = config_module.load(deploy / "config.json", env=env)
     assert set(compose_config.sets) and all(spec.folder.is_dir() for spec in compose_config.sets.values())
+    # The files agree with each other: every ${NAME} has a source, every set file is mounted and is deploy/sets'.
+    refs = set(re.findall(r"\$\{(\w+)", data["config.json"]))
+    assert refs <= set(kinds["Secret"]["stringData"]), refs
+    assert set(re.findall(r"\$\{(\w+)", (deploy / "config.json").read_text())) <= set(
+        compose["services"]["orchestrator"]["environment"])
+    volume = deployment["spec"]["template"]["spec"]["volumes"][0]["configMap"]
+    assert volume["name"] == kinds["ConfigMap"]["metadata"]["name"]
+    assert sorted(item["key"] for item in volume["items"]) == sorted(data)
+    for item in volume["items"]:
+        if item["key"] != "config.json":
+            assert (deploy / item["path"]).read_text() == data[item["key"]], item
+    # Each way of starting the daemon is a command line the CLI accepts.
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    for argv in (container["args"], compose["services"]["orchestrator"]["command"], exec_start.split()[1:]):
+        assert argv[0] == "daemon" and cli._parser().parse_args(argv).config == "/etc/orchestrator/config.json", argv
