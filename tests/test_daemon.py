@@ -315,6 +315,40 @@ def test_a_scheduled_run_never_reads_a_file_still_being_written(project: Any, sq
     assert sqlite_rows(sqlite_db["path"], "SELECT name FROM sqlite_master WHERE name = 'b'") == [("b",)]
 
 
+def test_runs_of_one_set_never_overlap_and_triggers_meanwhile_coalesce(project: Any, sqlite_db: Any,
+                                                                     monkeypatch: Any) -> None:
+    dbid = project.add_target("sqlite", "a", sqlite_db)
+    project.add_set("s1", [dbid], schedule={"every": "1h"})
+    project.write("s1", "001_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    project.extra["daemon"] = FAST
+    daemon = Daemon(config_module.load(project.config))
+    entered, release = threading.Event(), threading.Event()
+    active, most, reasons = [0], [0], []
+    real_run_once = daemon._run_once
+
+    def slow_run_once(name: str, reason: str) -> Any:
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        reasons.append(reason)
+        entered.set()
+        release.wait(10)
+        try:
+            return real_run_once(name, reason)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(daemon, "_run_once", slow_run_once)
+    first = threading.Thread(target=daemon._tick, args=("s1", "schedule"))
+    first.start()
+    assert entered.wait(10)
+    # Three triggers (a file change, schedule ticks) while the run is in flight: none starts a second run.
+    assert [daemon._tick("s1", r) for r in ("change", "schedule", "schedule")] == [[], [], []]
+    release.set()
+    first.join(10)
+    assert most[0] == 1 and reasons == ["schedule", "change"]  # one more run afterwards, not three
+    assert sqlite_rows(sqlite_db["path"], "SELECT version FROM migration") == [("001_a",)]
+
+
 def test_shard_argument_is_checked(project: Any, sqlite_db: Any, orchestrator: Any) -> None:
     assert parse_shard(None) is None
     assert parse_shard("1/3") == (1, 3)
