@@ -30,5 +30,5 @@ def setup_logging(verbosity: int = 0, stream=None) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     # Library chatter (scheduler internals, HTTP access) only at debug.
-    for noisy in ("apscheduler", "urllib3"):
+    for noisy in ("apscheduler", "urllib3", "redis"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)

@@ -101,9 +101,10 @@ def run(
         return report
     selected = pending if limit is None else pending[:limit]
     # Every file this run will touch is checked before the first one runs.
-    scripts = [m.script_for(target.driver) for m in selected]
-    for script in scripts:
-        script.prepare()
+    scripts = []
+    for m in selected:  # in name order, so the first bad file is the one reported
+        scripts.append(m.script_for(target.driver))
+        scripts[-1].prepare()
     with target.lock(set_id, lock_wait):
         target.ensure_ledger()
         rows = target.applied(set_id)  # again, under the lock: another runner may have been first

@@ -46,3 +46,17 @@ def test_python_migration_with_a_syntax_error_names_file_and_line(project: Any) 
     errors = [line for line in result.stderr.splitlines() if " | ERROR | " in line]
     assert len(errors) == 1 and errors[0].endswith("s1/002_broken.py: line 1: syntax error: expected ':'"), errors
     assert "users" not in _tables(project.root / "a.db")
+
+
+def test_the_first_bad_file_in_name_order_is_the_one_reported(project: Any) -> None:
+    dbid = project.add_target("sqlite", "a", {"path": "a.db"})
+    project.add_set("s1", [dbid])
+    project.write("s1", "001_users.sql", "CREATE TABLE users (id INTEGER);\n")
+    project.write("s1", "002_latin1.sql", b"-- caf\xe9\n")
+    project.write("s1", "003_pg_only/postgresql.sql", "CREATE TABLE t3 (id INTEGER);\n")
+    result = _up_all(project, dbid)
+    errors = [line for line in result.stderr.splitlines() if " | ERROR | " in line]
+    assert len(errors) == 1 and "s1/002_latin1.sql: not UTF-8" in errors[0], errors
+    assert result.returncode == 2
+    db = project.root / "a.db"
+    assert not db.exists() or "users" not in _tables(db)
