@@ -134,6 +134,9 @@ class Daemon:
         self._reload: dict[str, Any] | None = None
         self._events = {"missed": 0, "skipped_still_running": 0, "errors": 0}
         self._backoff = Backoff(clock, config.daemon.retry_min, config.daemon.retry_max)
+        # Sets run side by side on the scheduler's pool; one budget of daemon.workers open
+        # targets across all of them keeps the daemon from holding workers² connections.
+        self._slots = threading.BoundedSemaphore(config.daemon.workers)
         self._watcher = Watcher({name: spec.folder for name, spec in config.sets.items()})
         self._started_at = clock()
         self._ready = False
@@ -437,10 +440,10 @@ class Daemon:
         workers = config.daemon.workers
         try:
             if status_only:
-                report = fleet.status(config, name, workers=workers, shard=self.shard)
+                report = fleet.status(config, name, workers=workers, shard=self.shard, slots=self._slots)
             else:
                 skipped = self._hold_back(config, name, reason)
-                report = fleet.catch_up(config, name, workers=workers, shard=self.shard,
+                report = fleet.catch_up(config, name, workers=workers, shard=self.shard, slots=self._slots,
                                         on_result=lambda binding: self._live(binding, skipped),
                                         should_stop=self._stopping.is_set, skip=lambda _set, dbid: dbid in skipped)
                 self._note_failures(name, report, skipped)

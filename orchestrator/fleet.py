@@ -254,6 +254,7 @@ class _Run:
     config_name: str
     on_result: Callable[[BindingStatus], None] | None = None
     should_stop: Callable[[], bool] | None = None
+    slots: threading.Semaphore | None = None  # shared by concurrent runs (the daemon's sets): one per open target
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def stop_requested(self) -> bool:
@@ -299,7 +300,7 @@ def _fan_out(run: _Run, work: Callable[[_Run, str], list[BindingStatus]], worker
     count = max(1, min(workers or run.config.daemon.workers, len(run.groups) or 1))
     pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="fleet")
     try:
-        futures = [pool.submit(work, run, dbid) for dbid in run.groups]
+        futures = [pool.submit(_in_slot, run, work, dbid) for dbid in run.groups]
         for future in futures:
             results.extend(future.result())
     except BaseException:
@@ -310,6 +311,13 @@ def _fan_out(run: _Run, work: Callable[[_Run, str], list[BindingStatus]], worker
     pool.shutdown()
     results.sort(key=lambda b: order.get((b.set_id, b.dbid), 0))
     return FleetReport(results, int((time.monotonic() - started) * 1000), command)
+
+
+def _in_slot(run: _Run, work: Callable[[_Run, str], list[BindingStatus]], dbid: str) -> list[BindingStatus]:
+    if run.slots is None:
+        return work(run, dbid)
+    with run.slots:
+        return work(run, dbid)
 
 
 def _failure_state(dbid: str, target: Target | None, exc: BaseException) -> tuple[str, str]:
@@ -406,7 +414,8 @@ def _read_binding(run: _Run, target: Target, info: _SetInfo, driver: str) -> Bin
 
 def status(config: Any, set_name: str | None = None, target: str | None = None, workers: int | None = None,
            shard: tuple[int, int] | None = None, on_result: Callable[[BindingStatus], None] | None = None,
-           skip: Callable[[str, str], bool] | None = None, config_name: str | None = None) -> FleetReport:
+           skip: Callable[[str, str], bool] | None = None, config_name: str | None = None,
+           slots: threading.Semaphore | None = None) -> FleetReport:
     """Read every binding's ledger (read-only, nothing created or changed).
 
     ``config`` is a loaded Config or a path to config.json. ``shard=(i, n)`` keeps
@@ -414,7 +423,7 @@ def status(config: Any, set_name: str | None = None, target: str | None = None, 
     worker threads as each binding is read.
     """
     config = _load(config)
-    run = _prepare(config, set_name, target, shard, skip, on_result=on_result, config_name=config_name)
+    run = _prepare(config, set_name, target, shard, skip, on_result=on_result, config_name=config_name, slots=slots)
     return _status_of(run, workers)
 
 
@@ -509,7 +518,8 @@ def _catch_up_binding(run: _Run, target: Target, info: _SetInfo, driver: str, lo
 def catch_up(config: Any, set_name: str | None = None, target: str | None = None, workers: int | None = None,
              shard: tuple[int, int] | None = None, on_result: Callable[[BindingStatus], None] | None = None,
              should_stop: Callable[[], bool] | None = None, skip: Callable[[str, str], bool] | None = None,
-             lock_wait: float = defaults.LOCK_WAIT, config_name: str | None = None) -> FleetReport:
+             lock_wait: float = defaults.LOCK_WAIT, config_name: str | None = None,
+             slots: threading.Semaphore | None = None) -> FleetReport:
     """Apply everything pending on every selected binding, concurrently, isolating failures.
 
     One task per target on ``workers`` threads (default ``daemon.workers``); the
@@ -518,12 +528,13 @@ def catch_up(config: Any, set_name: str | None = None, target: str | None = None
     still caught up (the files that run are intact) and ends ``drift``.
     ``should_stop`` is polled before each target and each set (nothing new starts
     once it returns True; a running migration finishes; bindings not started are
-    left out of the report); ``skip(set, dbid)`` leaves a binding out. Never raises
+    left out of the report); ``skip(set, dbid)`` leaves a binding out; ``slots``, a
+    semaphore shared by concurrent runs, caps the targets open across all of them. Never raises
     for a target's failure: each binding carries its own state.
     """
     config = _load(config)
     run = _prepare(config, set_name, target, shard, skip, on_result=on_result, should_stop=should_stop,
-                   config_name=config_name)
+                   config_name=config_name, slots=slots)
     return _fan_out(run, lambda r, dbid: _per_binding(
         r, dbid, False, lambda t, i, d: _catch_up_binding(r, t, i, d, lock_wait)), workers, "catch-up")
 

@@ -452,3 +452,23 @@ def test_plan_fails_when_catch_up_would(project: Any, orchestrator: Any) -> None
     code, out, _ = orchestrator("catch-up", project.config, "--json")
     (b,) = json.loads(out)["bindings"]
     assert code == 1 and b["state"] == "failed" and b["applied_now"] == []  # checked before anything ran
+
+
+def test_shared_slots_cap_the_targets_open_across_runs(project: Any) -> None:
+    import threading
+
+    from orchestrator.config import load
+
+    dbid = project.add_target("sqlite", "a", {"path": "a.db"})
+    project.add_set("s1", [dbid])
+    project.write("s1", "001_t.sql", "CREATE TABLE t (id INTEGER);\n")
+    config = load(project.config)
+    slots = threading.Semaphore(0)  # every slot taken by other runs
+    done: list[Any] = []
+    runner = threading.Thread(target=lambda: done.append(fleet.catch_up(config, slots=slots)))
+    runner.start()
+    runner.join(0.5)
+    assert runner.is_alive() and not (project.root / "a.db").exists()  # waits for a slot, opens nothing
+    slots.release()
+    runner.join(30)
+    assert done and [b.applied_now for b in done[0].bindings] == [["001_t"]]
