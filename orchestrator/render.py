@@ -174,7 +174,9 @@ def _plan_text(report: FleetReport, stream: IO[str]) -> None:
         stream.write(f"{dbid}\n")
         for b in bindings:
             if b.state in ("failed", "unreachable", "locked"):
-                stream.write(f"  {b.set_id}: {b.state}: {b.error}\n")
+                # The target heads this block: an error that opens with it would say it twice.
+                error = (b.error or "").removeprefix(f"{dbid}: ").removeprefix(f"{dbid}/{b.set_id} ")
+                stream.write(f"  {b.set_id}: {error if error.startswith(b.state) else f'{b.state}: {error}'}\n")
                 if b.state != "failed":
                     continue
             if not b.pending:
