@@ -124,6 +124,7 @@ def run(
             result = target.apply(script)
             if result is None:
                 log.info("%sskipping %s: another runner applied it meanwhile", prefix, script.version)
+                rows = target.applied(set_id)  # it may have applied more: skip those without trying them
                 continue
             report.applied.append(result)
             noun = "statement" if result.statements == 1 else "statements"

@@ -109,7 +109,8 @@ class Target(Protocol):
         """Run one migration and record it as one unit.
 
         Returns None when the ledger already holds the version (another runner won
-        the race; checked inside the unit). Raises MigrationError on failure, after
+        the race; the unit then fails on the ledger's key and is rolled back, or is
+        checked inside it). Raises MigrationError on failure, after
         rolling back (transactional engines) or recording a failed row (others).
         """
 

@@ -186,3 +186,24 @@ def test_two_racing_runners_apply_each_migration_once(engine_entry: Any, tmp_pat
     finally:
         target.close()
     assert counter_value(driver, entry) == len(versions)
+
+
+def test_apply_of_a_version_recorded_meanwhile_returns_none_and_changes_nothing(engine_entry: Any, tmp_path: Path) -> None:
+    """Both runners read an empty ledger; the second one's apply must notice the first one's row and undo its own work."""
+    driver, entry = engine_entry
+    write_migration(tmp_path / "s1", driver, entry, "2024-01-01_00-00-00_first")
+    script = discover("s1", tmp_path / "s1").migrations[0].script_for(driver)
+    first, second = make_target(driver, entry), make_target(driver, entry)
+    try:
+        assert first.applied("s1") == {} and second.applied("s1") == {}
+        with first.lock("s1", 5):
+            first.ensure_ledger()
+            assert first.apply(script) is not None
+        with second.lock("s1", 5):
+            second.ensure_ledger()
+            assert second.apply(script) is None
+        assert list(second.applied("s1")) == ["2024-01-01_00-00-00_first"]
+    finally:
+        first.close()
+        second.close()
+    assert counter_value(driver, entry) == 1
