@@ -49,7 +49,7 @@ def poll(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition
     while time.monotonic() < deadline:
         try:
             last = check()
-        except (OSError, ValueError, KeyError, AssertionError) as exc:  # server not up yet, file half-read
+        except Exception as exc:  # not yet: server not up, file half-read, ledger table not created yet
             last = exc
         else:
             if last:
