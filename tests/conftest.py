@@ -174,3 +174,29 @@ def orchestrator(capsys: Any) -> Callable[..., tuple[int, str, str]]:
         return code, out, err
 
     return invoke
+
+
+def race(runners: int, open_target: Callable[[], Any], migration_set: Any, **run_options: Any) -> list[BaseException]:
+    """Start ``runners`` threads at once, each running the set on its own connected target; return what they raised."""
+    import threading
+
+    from orchestrator.runner import run
+
+    barrier, errors = threading.Barrier(runners), []
+
+    def runner() -> None:
+        target = open_target()
+        try:
+            barrier.wait()
+            run(target, migration_set, **run_options)
+        except BaseException as exc:  # collected for the test to assert on
+            errors.append(exc)
+        finally:
+            target.close()
+
+    threads = [threading.Thread(target=runner) for _ in range(runners)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return errors

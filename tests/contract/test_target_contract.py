@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from orchestrator.errors import LockHeld, MigrationError
 from orchestrator.runner import run
 from orchestrator.sets import discover
 from orchestrator.targets import open_target
+from tests.conftest import race
 
 _MODELS = {"sqlite": config_module.SqliteConfig, "postgresql": config_module.PostgresqlConfig,
            "mysql": config_module.MysqlConfig, "redis": config_module.RedisConfig}
@@ -161,24 +161,7 @@ def test_two_racing_runners_apply_each_migration_once(engine_entry: Any, tmp_pat
     for version in versions:
         write_migration(tmp_path / "s1", driver, entry, version)
     migration_set = discover("s1", tmp_path / "s1")
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(2)
-
-    def runner() -> None:
-        target = make_target(driver, entry)
-        try:
-            barrier.wait()
-            run(target, migration_set, lock_wait=30)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            target.close()
-
-    threads = [threading.Thread(target=runner) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors = race(2, lambda: make_target(driver, entry), migration_set, lock_wait=30)
     assert errors == []
     target = make_target(driver, entry)
     try:

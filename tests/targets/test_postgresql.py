@@ -29,7 +29,7 @@ from orchestrator.errors import LockHeld, MigrationError, OrchestratorError
 from orchestrator.runner import run
 from orchestrator.sets import discover
 from orchestrator.targets.postgresql import PostgresqlTarget
-from tests.conftest import PG, pg_connect, unique
+from tests.conftest import PG, pg_connect, race, unique
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-pw"
@@ -525,23 +525,7 @@ def test_transaction_pooling_applies_each_migration_once_and_leaves_no_session_s
         setup = "CREATE TABLE counter (version text PRIMARY KEY);\n" if i == 0 else ""
         write(tmp_path / "s1", version + ".sql", setup + f"INSERT INTO counter VALUES ('{version}');\n")
     migration_set = discover("s1", tmp_path / "s1")
-    barrier, errors = threading.Barrier(3), []
-
-    def runner() -> None:
-        t = target(entry)
-        try:
-            barrier.wait()
-            run(t, migration_set, lock_wait=60)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            t.close()
-
-    threads = [threading.Thread(target=runner) for _ in range(3)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(120)
+    errors = race(3, lambda: target(entry), migration_set, lock_wait=60)
     assert errors == []
     assert query(pg_db, "SELECT version FROM app.counter ORDER BY 1") == [(v,) for v in versions]  # SET LOCAL search_path
     assert query(pg_db, "SELECT version, status FROM app.migration ORDER BY 1") == [(v, "applied") for v in versions]

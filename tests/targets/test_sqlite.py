@@ -17,6 +17,7 @@ from orchestrator.errors import LockHeld, MigrationError, TargetUnreachable
 from orchestrator.runner import run
 from orchestrator.sets import discover
 from orchestrator.targets import open_target
+from tests.conftest import race
 from orchestrator.targets.sqlite import SqliteTarget
 
 
@@ -369,8 +370,6 @@ def test_custom_ledger_table_name(tmp_path: Path) -> None:
 
 def test_no_transaction_migration_runs_once_under_racing_runners(tmp_path: Path) -> None:
     # Without a transaction there is no write lock to serialise on; a lock file takes its place.
-    import threading
-
     db = tmp_path / "app.db"
     folder = write_set(tmp_path / "s1", {
         "001_once.sql": "-- orchestrator: no-transaction\nCREATE TABLE once (x INTEGER);\n"
@@ -379,23 +378,7 @@ def test_no_transaction_migration_runs_once_under_racing_runners(tmp_path: Path)
         "002_after.sql": "INSERT INTO once VALUES (2);\n",
     })
     migration_set = discover("s1", folder)
-    barrier, errors = threading.Barrier(3), []
-
-    def runner() -> None:
-        target = target_for(db, busy_timeout=10000)
-        try:
-            barrier.wait()
-            run(target, migration_set)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            target.close()
-
-    threads = [threading.Thread(target=runner) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors = race(3, lambda: target_for(db, busy_timeout=10000), migration_set)
     assert errors == []
     assert query(db, "SELECT x FROM once ORDER BY x") == [(1,), (2,)]
     assert query(db, "SELECT version FROM migration ORDER BY version") == [("001_once",), ("002_after",)]
