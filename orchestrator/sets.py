@@ -123,6 +123,11 @@ class Script:
         return result
 
     @property
+    def size(self) -> int:
+        """The file's size in bytes, as seen by this discovery."""
+        return self._stat_key()[2]
+
+    @property
     def checksum(self) -> str:
         return self.inspect()[0]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from orchestrator.errors import LockHeld, MigrationError, TargetUnreachable
-from orchestrator.targets import runner_identity
+from orchestrator.targets import Applied, runner_identity
 from orchestrator.targets._sql import SqlTarget
 
 if TYPE_CHECKING:
@@ -31,9 +31,14 @@ if TYPE_CHECKING:
 
 __all__ = ["SqliteTarget"]
 
+_STATEMENT_BY_STATEMENT = object()  # _apply_as_one_script's answer: take the general path
+
 log = logging.getLogger("migrations")
 
 _FOREIGN_KEYS = re.compile(r"^\s*PRAGMA\s+(?:main\s*\.\s*)?foreign_keys\s*=\s*['\"]?(\w+)", re.I)
+# Statements that end, nest or change the transaction itself; a file holding one runs statement by statement.
+_OWN_TRANSACTION = re.compile(r"\s*(?:BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE|PRAGMA\s+(?:main\s*\.\s*)?foreign_keys|ATTACH|DETACH|VACUUM)\b", re.I)
+_ONE_SCRIPT_MAX = 1 << 20  # bytes: bigger files are streamed statement by statement, never joined
 _NO_TRANSACTION_HINT = "; make '-- orchestrator: no-transaction' the first line to run this migration outside a transaction"
 
 
@@ -158,11 +163,54 @@ class SqliteTarget(SqlTarget):
 
     def apply(self, script: Script) -> Any:
         try:
-            return super().apply(script)
+            applied = self._apply_as_one_script(script)
+            return super().apply(script) if applied is _STATEMENT_BY_STATEMENT else applied
         except sqlite3.Error as exc:
             # The body's own failures are MigrationErrors already; this is the ledger
             # check, the ledger row or the commit (disk full, I/O error), all rolled back.
             raise MigrationError(script.label, f"recording it failed, the migration was rolled back: {' '.join(str(exc).split())}") from None
+
+    def _apply_as_one_script(self, script: Script) -> Any:
+        """Run a plain SQL migration's BEGIN and body in one call into SQLite.
+
+        Python's sqlite3 gives up the GIL once for the whole script instead of once per
+        statement, which is what lets many targets' migrations run side by side in one
+        process. A file that manages its own transaction, runs outside one, or is large
+        takes the statement-by-statement path; so does a failure, which is rolled back
+        and run again that way to name the failing statement and line.
+        """
+        if script.kind != "sql" or script.no_transaction or script.size > _ONE_SCRIPT_MAX:
+            return _STATEMENT_BY_STATEMENT
+        statements = list(script.statements(self.dialect))
+        if not statements or any(_OWN_TRANSACTION.match(s.text) for s in statements):
+            return _STATEMENT_BY_STATEMENT
+        started = time.monotonic()
+        # Each statement ends in ";" as written in the file (sqlite_master keeps the text
+        # up to it), on a new line only when a line comment would swallow it.
+        body = "BEGIN IMMEDIATE;\n" + "".join(
+            s.text + ("\n;\n" if "--" in s.text.rpartition("\n")[2] else ";\n") for s in statements)
+        try:
+            self.connection.executescript(body)
+        except sqlite3.Error as exc:
+            began = self.connection.in_transaction
+            self._safe_rollback()
+            if not began and ("locked" in str(exc) or "busy" in str(exc)):
+                raise LockHeld(self.dbid, script.set_id, f"another writer (waited busy_timeout {self.db.busy_timeout} ms)") from None
+            if self._recorded_after_failure(script):
+                return None  # another runner applied it after this one read the ledger
+            return _STATEMENT_BY_STATEMENT
+        try:
+            if not self.connection.in_transaction:
+                raise MigrationError(script.label, "the migration's transaction ended early; check the database")
+            duration = int((time.monotonic() - started) * 1000)
+            self._insert_row(script.set_id, script.version, script.checksum, duration)
+            self._commit()
+        except BaseException as exc:
+            self._safe_rollback()
+            if isinstance(exc, Exception) and self._recorded_after_failure(script):
+                return None
+            raise
+        return Applied(script.version, len(statements), duration)
 
     def _apply_outside_transaction(self, script: Script, checksum: str, up: Any, started: float) -> Any:
         # No transaction holds the write lock while a no-transaction migration runs, so a

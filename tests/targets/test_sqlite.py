@@ -405,3 +405,28 @@ def test_journal_mode_off_is_warned_about(tmp_path: Path, caplog: pytest.LogCapt
     with caplog.at_level(logging.WARNING, logger="migrations"):
         target_for(tmp_path / "app.db", journal_mode="OFF").close()
     assert any("journal_mode OFF: SQLite cannot roll back" in r.getMessage() for r in caplog.records)
+
+
+def test_plain_sql_runs_as_one_script_and_a_failure_still_names_its_statement(tmp_path: Path) -> None:
+    """A plain file runs in one call into SQLite; a failure is rolled back and located statement by statement."""
+    db = tmp_path / "app.db"
+    folder = write_set(tmp_path / "s1", {
+        "001_ok.sql": "CREATE TABLE a (x INTEGER) -- the first table; its comment ends the line\n;\n"
+                      "CREATE TABLE b (y TEXT DEFAULT 'x;y');\nINSERT INTO b (y) VALUES ('semi;colon');\n",
+        "002_bad.sql": "CREATE TABLE c (z INTEGER);\nINSERT INTO c VALUES (1);\n\nINSERT INTO missing VALUES (1);\n",
+    })
+    migration_set = discover("s1", folder)
+    target = target_for(db)
+    try:
+        with pytest.raises(MigrationError) as failure:
+            run(target, migration_set)
+        rows = target.applied("s1")
+    finally:
+        target.close()
+    assert (failure.value.statement, failure.value.line) == (3, 4)
+    assert "no such table: missing" in str(failure.value)
+    assert list(rows) == ["001_ok"] and rows["001_ok"].checksum == migration_set.migrations[0].script_for("sqlite").checksum
+    assert query(db, "SELECT y FROM b") == [("semi;colon",)]
+    tables = [r[0] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    assert tables == ["a", "b", "migration"]  # c rolled back with its failed migration
+    assert query(db, "SELECT sql FROM sqlite_master WHERE name = 'b'") == [("CREATE TABLE b (y TEXT DEFAULT 'x;y')",)]
