@@ -384,7 +384,9 @@ def main() -> int:
 def measure(args: argparse.Namespace, fleet: Fleet, config: Path, peers: tuple[Path, Path] | None, work: Path,
             results: dict[str, Any]) -> dict[str, Any]:
     orch = [sys.executable, "-m", "orchestrator", "-q"]
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    # Measure the code beside this script, whatever copy of the package pip last installed.
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     rows: dict[str, Any] = {}
     peak = 0.0
 
