@@ -313,20 +313,31 @@ class SqlTarget:
         try:
             self._in_transaction_lock(script.set_id)
             count = self._run_body(script, up, in_transaction=True)
-            duration = int((time.monotonic() - started) * 1000)
-            self._insert_row(script.set_id, script.version, checksum, duration)
-            self._commit()
+            duration = self._record_and_commit(script, checksum, started)
         except BaseException as exc:
-            self._safe_rollback()
-            # Optimistic: the runner read the ledger before this transaction began, so
-            # another runner may have applied the version since. Then this unit failed on
-            # the ledger's primary key, or its body met the changes already made, and all
-            # of it is rolled back: not an error. The check costs a query only on failure,
-            # not one per migration.
-            if isinstance(exc, Exception) and self._recorded_after_failure(script):
-                return None
-            raise
+            return self._lost_race_or_raise(script, exc)
         return Applied(script.version, count, duration)
+
+    def _record_and_commit(self, script: Script, checksum: str, started: float) -> int:
+        """Write the ledger row inside the migration's transaction and commit both; returns the duration in ms."""
+        duration = int((time.monotonic() - started) * 1000)
+        self._insert_row(script.set_id, script.version, checksum, duration)
+        self._commit()
+        return duration
+
+    def _lost_race_or_raise(self, script: Script, exc: BaseException) -> None:
+        """Roll a failed migration back; None when another runner recorded the version meanwhile, else re-raise.
+
+        Optimistic: the runner read the ledger before this transaction began, so
+        another runner may have applied the version since. Then this unit failed on
+        the ledger's primary key, or its body met the changes already made, and all of
+        it is rolled back: not an error. The check costs a query only on failure, not
+        one per migration.
+        """
+        self._safe_rollback()
+        if isinstance(exc, Exception) and self._recorded_after_failure(script):
+            return None
+        raise exc
 
     def _recorded_after_failure(self, script: Script) -> bool:
         try:

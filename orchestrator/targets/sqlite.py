@@ -202,14 +202,9 @@ class SqliteTarget(SqlTarget):
         try:
             if not self.connection.in_transaction:
                 raise MigrationError(script.label, "the migration's transaction ended early; check the database")
-            duration = int((time.monotonic() - started) * 1000)
-            self._insert_row(script.set_id, script.version, script.checksum, duration)
-            self._commit()
+            duration = self._record_and_commit(script, script.checksum, started)
         except BaseException as exc:
-            self._safe_rollback()
-            if isinstance(exc, Exception) and self._recorded_after_failure(script):
-                return None
-            raise
+            return self._lost_race_or_raise(script, exc)
         return Applied(script.version, len(statements), duration)
 
     def _apply_outside_transaction(self, script: Script, checksum: str, up: Any, started: float) -> Any:
