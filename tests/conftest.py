@@ -24,8 +24,8 @@ MYSQL = {"ip": os.environ.get("TEST_MYSQL_HOST", "127.0.0.1"), "port": int(os.en
 REDIS = {"ip": os.environ.get("TEST_REDIS_HOST", "127.0.0.1"), "port": int(os.environ.get("TEST_REDIS_PORT", "6379")),
          "password": os.environ.get("TEST_REDIS_PASSWORD", "")}
 ENGINES = ("sqlite", "postgresql", "mysql", "redis")
-REALWORLD = Path(os.environ.get("ORCHESTRATOR_REALWORLD", Path(__file__).resolve().parents[2] / "shared" / "realworld"))
-"""Real migration sets of other projects; CI clones the repo with shared/ beside it."""
+REALWORLD = Path(os.environ.get("ORCHESTRATOR_REALWORLD", Path(__file__).resolve().parent / "realworld"))
+"""Real migration sets of other projects, kept in the repository with their source and license notices."""
 
 
 def realworld(name: str) -> Path:
