@@ -161,6 +161,14 @@ class SqlTarget:
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         raise NotImplementedError
 
+    def _statements(self, script: Script, in_transaction: bool) -> Iterator[Any]:
+        """The statements of a SQL migration as sent to the server (SQLite sends them exactly as written)."""
+        return script.statements(self.dialect)
+
+    def _run_statement(self, script: Script, statement: Any) -> None:
+        """Send one statement of a SQL migration (PostgreSQL also feeds COPY FROM STDIN its rows here)."""
+        self._execute(statement.text)
+
     def _after_statement(self, script: Script, statement: Any, in_transaction: bool) -> None:
         """Called after each statement ran (``statement`` is None after a Python ``up``); may raise MigrationError.
 
@@ -359,13 +367,13 @@ class SqlTarget:
         if up is not None:
             return self._run_python(script, up, in_transaction)
         count = 0
-        for statement in script.statements(self.dialect):
+        for statement in self._statements(script, in_transaction):
             if in_transaction and is_transaction_control(statement.text):
                 log.debug("%s: statement %d (line %d): %s skipped, the migration already runs in a transaction",
                           script.label, statement.number, statement.line, statement.text.strip())
                 continue
             try:
-                self._execute(statement.text)
+                self._run_statement(script, statement)
             except self._driver_errors() as exc:
                 message, line = self._error_message(exc, statement)
                 raise MigrationError(script.label, message, statement.number, line) from None

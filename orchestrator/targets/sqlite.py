@@ -19,10 +19,12 @@ import re
 import sqlite3
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from orchestrator.errors import LockHeld, MigrationError, TargetUnreachable
+from orchestrator.sqlsplit import split
 from orchestrator.targets import Applied, runner_identity
 from orchestrator.targets._sql import SqlTarget
 
@@ -38,6 +40,13 @@ log = logging.getLogger("migrations")
 _FOREIGN_KEYS = re.compile(r"^\s*PRAGMA\s+(?:main\s*\.\s*)?foreign_keys\s*=\s*['\"]?(\w+)", re.I)
 # Statements that end, nest or change the transaction itself; a file holding one runs statement by statement.
 _OWN_TRANSACTION = re.compile(r"\s*(?:BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE|PRAGMA\s+(?:main\s*\.\s*)?foreign_keys|ATTACH|DETACH|VACUUM)\b", re.I)
+# Connection settings SQLite refuses to change inside a transaction but that leave the file
+# untouched: the sqlite3 shell runs them in autocommit, so they run just before the
+# migration's transaction and the connection's value is restored after it.
+_SESSION_PRAGMA = re.compile(r"\s*PRAGMA\s+(?:main\s*\.\s*)?synchronous\s*[=(]", re.I)
+_JOURNAL_MODE_SET = re.compile(r"""\s*PRAGMA\s+(?:main\s*\.\s*)?journal_mode\s*(?:=\s*|\(\s*)['"]?(\w+)""", re.I)
+_MENTIONS_SESSION_PRAGMA = re.compile(r"synchronous", re.I)
+_BLANKS = re.compile(r"\s*")
 _ONE_SCRIPT_MAX = 1 << 20  # bytes: bigger files are streamed statement by statement, never joined
 _NO_TRANSACTION_HINT = "; make '-- orchestrator: no-transaction' the first line to run this migration outside a transaction"
 
@@ -162,13 +171,77 @@ class SqliteTarget(SqlTarget):
                                 "ON" if current else "OFF", _NO_TRANSACTION_HINT)
 
     def apply(self, script: Script) -> Any:
+        session = self._session_pragmas(script)
+        synchronous = self.connection.execute("PRAGMA synchronous").fetchone()[0] if session is not None else None
         try:
+            for statement in session or ():
+                try:
+                    self._execute(statement.text)
+                except sqlite3.Error as exc:
+                    message, line = self._error_message(exc, statement)
+                    raise MigrationError(script.label, message, statement.number, line) from None
             applied = self._apply_as_one_script(script)
             return super().apply(script) if applied is _STATEMENT_BY_STATEMENT else applied
         except sqlite3.Error as exc:
             # The body's own failures are MigrationErrors already; this is the ledger
             # check, the ledger row or the commit (disk full, I/O error), all rolled back.
             raise MigrationError(script.label, f"recording it failed, the migration was rolled back: {' '.join(str(exc).split())}") from None
+        finally:
+            if synchronous is not None:  # the next migration starts from the connection's own setting
+                self._restore_synchronous(synchronous)
+
+    def _restore_synchronous(self, value: int) -> None:
+        try:
+            if not self.connection.in_transaction:
+                self.connection.execute(f"PRAGMA synchronous = {int(value)}")
+        except sqlite3.Error as exc:
+            log.warning("%s: restoring PRAGMA synchronous failed: %s", self.dbid, exc)
+
+    def _session_pragmas(self, script: Script) -> list[Any] | None:
+        """``PRAGMA synchronous = ...`` statements to run before the migration's transaction.
+
+        None when the file sets none; [] when it sets them but runs outside a
+        transaction, in place (the connection's value is restored after it either way).
+        """
+        if script.kind != "sql" or not _MENTIONS_SESSION_PRAGMA.search(script.text()):
+            return None
+        found = [s for s in self._statements(script) if _SESSION_PRAGMA.match(s.text)]
+        if not found:
+            return None
+        return [] if script.no_transaction else found
+
+    def _check_journal_mode(self, script: Script, statement: Any, wanted: str) -> None:
+        # Inside a transaction SQLite refuses a switch to or from WAL, or ignores it
+        # silently, where the shell would switch: a change is refused here up front.
+        current = self.connection.execute("PRAGMA journal_mode").fetchone()[0]
+        if wanted.lower() != current.lower():
+            raise MigrationError(script.label, f"PRAGMA journal_mode = {wanted.upper()} cannot take effect inside the "
+                                 f"migration's transaction (the database stays {current.upper()}){_NO_TRANSACTION_HINT}",
+                                 statement.number, statement.line)
+
+    def _statements(self, script: Script, in_transaction: bool = False) -> Iterator[Any]:
+        """The statements as written, each up to its ';' (trailing blanks and comments included).
+
+        SQLite stores a CREATE INDEX (and others) in sqlite_master up to the ';', so
+        sending the text exactly as the sqlite3 shell does keeps a '.dump' round trip
+        faithful. Inside the migration's transaction, session pragmas are left out:
+        :meth:`apply` ran them before it began.
+        """
+        text = script.text()
+        pos = 0
+        # A big file is split from this copy of its text rather than read a second time.
+        statements = script.statements(self.dialect) if script.size <= _ONE_SCRIPT_MAX else split(text, self.dialect)
+        for statement in statements:
+            written = _as_written(text, statement, pos)
+            if written is None:
+                yield statement
+                continue
+            pos = written[1]
+            if in_transaction and _SESSION_PRAGMA.match(statement.text):
+                continue
+            if in_transaction and (m := _JOURNAL_MODE_SET.match(statement.text)):
+                self._check_journal_mode(script, statement, m.group(1))
+            yield replace(statement, text=written[0]) if written[0] != statement.text else statement
 
     def _apply_as_one_script(self, script: Script) -> Any:
         """Run a plain SQL migration's BEGIN and body in one call into SQLite.
@@ -181,14 +254,13 @@ class SqliteTarget(SqlTarget):
         """
         if script.kind != "sql" or script.no_transaction or script.size > _ONE_SCRIPT_MAX:
             return _STATEMENT_BY_STATEMENT
-        statements = list(script.statements(self.dialect))
+        statements = list(self._statements(script, in_transaction=True))
         if not statements or any(_OWN_TRANSACTION.match(s.text) for s in statements):
             return _STATEMENT_BY_STATEMENT
         started = time.monotonic()
-        # Each statement ends in ";" as written in the file (sqlite_master keeps the text
-        # up to it), on a new line only when a line comment would swallow it.
-        body = "BEGIN IMMEDIATE;\n" + "".join(
-            s.text + ("\n;\n" if "--" in s.text.rpartition("\n")[2] else ";\n") for s in statements)
+        # Each statement is sent as written up to its ";" (sqlite_master keeps that text);
+        # only the last one may end in a line comment, and no ";" follows it.
+        body = "BEGIN IMMEDIATE;\n" + ";\n".join(s.text for s in statements)
         try:
             self.connection.executescript(body)
         except sqlite3.Error as exc:
@@ -284,6 +356,29 @@ class SqliteTarget(SqlTarget):
 
     def _error_message(self, exc: BaseException, statement: Any) -> tuple[str, int | None]:
         message = " ".join(str(exc).split()) or type(exc).__name__
-        if "within a transaction" in message:  # VACUUM, PRAGMA journal_mode = WAL, ...
+        if "within a transaction" in message or "inside a transaction" in message:  # VACUUM, PRAGMA journal_mode = WAL, ...
             message += _NO_TRANSACTION_HINT
+        elif statement is not None and "locked" in message and statement.text.lstrip()[:6].upper() == "PRAGMA":
+            message += _NO_TRANSACTION_HINT  # PRAGMA wal_checkpoint inside the migration's own write transaction
         return message, statement.line if statement else None
+
+
+def _as_written(text: str, statement: Any, pos: int) -> tuple[str, int] | None:
+    """(the statement's text up to its ';', offset after the ';') as the sqlite3 shell sends it.
+
+    The splitter trims trailing blanks; they are taken back from the file. A leading
+    comment may quote the statement, so the match must be followed by blanks and
+    ';' or the end. The last statement without ';' loses the file's final newline, as
+    in the shell, which joins the lines it read.
+    """
+    body = statement.text
+    start = text.find(body, pos)
+    while start >= 0:
+        stop = _BLANKS.match(text, start + len(body)).end()  # type: ignore[union-attr]
+        if stop >= len(text):
+            written = text[start:]
+            return (written[:-1] if written.endswith("\n") else written), stop
+        if text[stop] == ";":
+            return text[start:stop], stop + 1
+        start = text.find(body, start + 1)
+    return None
