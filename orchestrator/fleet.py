@@ -57,6 +57,7 @@ class BindingStatus:
     apply: str = "auto"  # the set's apply mode: "auto" or "report" (catch-up only reports pending)
     holder: str | None = None  # who holds the (target, set) lock, when state is locked
     set_error: bool = False  # the set itself is unreadable (a config problem, exit 2)
+    waiting: bool = False  # a pending file holds nothing to run (e.g. an untouched template): nothing applied until it changes
 
     @property
     def exit_code(self) -> int:
@@ -70,7 +71,8 @@ class BindingStatus:
             "applied": self.applied, "pending": list(self.pending), "out_of_order": list(self.out_of_order),
             "last_version": self.last_version, "last_apply_time": self.last_apply_time,
             "last_apply_utc": utc(self.last_apply_time), "applied_now": list(self.applied_now),
-            "drift": list(self.drift), "holder": self.holder, "error": self.error, "duration_ms": self.duration_ms,
+            "drift": list(self.drift), "holder": self.holder, "error": self.error, "waiting": self.waiting,
+            "duration_ms": self.duration_ms,
         }
 
 
@@ -88,6 +90,8 @@ class FleetReport:
         codes = {b.exit_code for b in self.bindings}
         if self.command == "plan" and any(b.state == "pending" and b.error and b.apply == "auto" for b in self.bindings):
             codes.add(1)  # catch-up would fail there: a pending migration has no usable file for the engine
+        if self.command == "catch-up" and any(b.state == "pending" and b.waiting for b in self.bindings):
+            codes.add(1)  # a pending file holds nothing to run: it was not applied
         for code in (2, 1, 3):
             if code in codes:
                 return code
@@ -157,6 +161,17 @@ class _SetInfo:
                     self._expected[driver] = hit
         return hit
 
+    def empty(self, driver: str, version: str) -> str | None:
+        """One line when a version's file holds nothing to run on an engine (see Script.emptiness), else None."""
+        script, _ = self.script(driver, version)
+        if script is None:
+            return None
+        try:
+            reason = script.emptiness(driver)
+        except OrchestratorError:
+            return None  # an unreadable file is reported by the run that reads it
+        return f"{script.label}: {reason}" if reason else None
+
     def script(self, driver: str, version: str) -> tuple[Script | None, str | None]:
         """(script, None) or (None, one-line reason) for a version on an engine; checksum read once."""
         key = (driver, version)
@@ -205,6 +220,10 @@ def _assess(info: _SetInfo, dbid: str, driver: str, rows: dict[str, LedgerRow], 
     for version in st.pending:
         if expected[version] is None:
             st.error = f"would fail: {info.script(driver, version)[1]}"
+            break
+        if (empty := info.empty(driver, version)) is not None:
+            # Never applied or recorded: the binding waits for the file to change (the daemon's watcher sees it).
+            st.error, st.waiting = f"waiting: {empty}", True
             break
     for version, row in rows.items():
         if row.legacy or row.status != "applied":
@@ -407,9 +426,30 @@ def _per_binding(run: _Run, dbid: str, readonly: bool,
     return out
 
 
+def _ledger_and_holder(target: Target, set_id: str) -> tuple[dict[str, LedgerRow], str | None]:
+    """The ledger rows and the lock's holder, read so that a live runner's ``running`` row is never taken for an interrupted one.
+
+    A ``running`` row with the lock held is work in progress. Seen with the lock free,
+    it may be a run that finished between the two reads: the ledger is read again
+    after the lock was seen free, and the holder once more if the row is still there
+    (a new run may have started meanwhile).
+    """
+    from orchestrator.runner import blocking_row
+
+    rows = target.applied(set_id)
+    holder = target.holder(set_id)
+    blocked = blocking_row(rows)
+    if holder is None and blocked is not None and blocked.status == "running":
+        rows = target.applied(set_id)
+        blocked = blocking_row(rows)
+        if blocked is not None and blocked.status == "running":
+            holder = target.holder(set_id)
+    return rows, holder
+
+
 def _read_binding(run: _Run, target: Target, info: _SetInfo, driver: str) -> BindingStatus:
-    rows = target.applied(info.spec.name)
-    return _assess(info, target.dbid, driver, rows, target.holder(info.spec.name), run.config_name)
+    rows, holder = _ledger_and_holder(target, info.spec.name)
+    return _assess(info, target.dbid, driver, rows, holder, run.config_name)
 
 
 def status(config: Any, set_name: str | None = None, target: str | None = None, workers: int | None = None,
@@ -485,15 +525,26 @@ class _Recorder:
 
 
 def _catch_up_binding(run: _Run, target: Target, info: _SetInfo, driver: str, lock_wait: float) -> BindingStatus:
+    from orchestrator.runner import blocking_row
     from orchestrator.runner import run as run_set
     from orchestrator.targets import LedgerRow
 
     set_id = info.spec.name
     rows = target.applied(set_id)
-    before = _assess(info, target.dbid, driver, rows, None, run.config_name)
-    # Nothing pending, a blocked set, or a report-only set: one ledger read was all it took.
-    if not before.pending or before.state == "failed" or info.spec.apply == "report":
-        return before
+    blocked = blocking_row(rows)
+    in_flight = blocked is not None and blocked.status == "running"
+    if in_flight:
+        # Another runner's migration in progress, or an interrupted one: only the lock can tell.
+        # A report-only set reads the holder; the others let the runner decide under the lock,
+        # which waits --lock-wait for the holder and then reports the binding locked.
+        if info.spec.apply == "report":
+            return _read_binding(run, target, info, driver)
+    else:
+        before = _assess(info, target.dbid, driver, rows, None, run.config_name)
+        # Nothing pending, a blocked set, a report-only set, or a pending file with nothing to run
+        # (waiting for the user to fill it in, not a failure to retry): one ledger read was all it took.
+        if not before.pending or before.state == "failed" or info.spec.apply == "report" or before.waiting:
+            return before
     recorder = _Recorder(target)
     failure: tuple[str, str] | None = None
     assert info.mset is not None
@@ -502,6 +553,9 @@ def _catch_up_binding(run: _Run, target: Target, info: _SetInfo, driver: str, lo
                 prefix=f"{target.dbid}/{set_id}: ", should_stop=run.stop_requested)
     except Exception as exc:
         failure = _failure_state(target.dbid, target, exc)
+    if in_flight and failure is None:
+        # The running row seen first was another runner's, finished since: the ledger as it is now.
+        rows = target.applied(set_id)
     # The ledger as it is now, without reading it again: what was there plus what this run committed.
     now = int(time.time())
     merged = dict(rows)
@@ -569,6 +623,13 @@ def command(args: Any) -> int:
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
         raise ConfigError(f"usage: --workers must be at least 1, not {workers}")
+    if args.target is not None and not config.bindings(args.set_name, args.target):
+        # As with an unknown --set: a filter that selects nothing is a mistake, not a clean run.
+        bound = sorted({dbid for _, dbid in config.bindings(args.set_name)})
+        where = f"set {args.set_name!r}" if args.set_name else "any set"
+        shown = ", ".join(bound[:10]) + (f" and {len(bound) - 10} more" if len(bound) > 10 else "")
+        raise ConfigError(f"{config.path.name}: --target {args.target!r} matches no target bound to {where} "
+                          f"(bound: {shown or 'none'})")
     if args.command == "validate":
         result = validation(config, args.set_name, args.target, workers, config_name=args.config)
         render.validation(result, sys.stdout, as_json=args.json)
