@@ -246,6 +246,8 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": int(defaults.MISFIRE_GRACE)},
             timezone=timezone.utc,
         )
+        # Our listener says it in one line; APScheduler's own warning would repeat it.
+        logging.getLogger("apscheduler.scheduler").addFilter(_drop_max_instances_warning)
         self._scheduler.add_listener(self._on_event, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         self._scheduler.start()
         self._schedule(config, startup=True)
@@ -538,9 +540,12 @@ class Daemon:
         self.metrics.events.labels(kind).inc()
         if event.code == EVENT_JOB_ERROR:  # a bug: run failures are bindings' states, never exceptions
             log.error("%s: run crashed: %s: %s", name, type(event.exception).__name__, redact(str(event.exception)))
-        else:  # APScheduler itself logs a warning for these; they are counted in /status and /metrics
-            log.debug("%s: run due at %s %s", name, _hms(event.scheduled_run_time),
-                      "was missed" if event.code == EVENT_JOB_MISSED else "skipped: the previous run is still going")
+        elif event.code == EVENT_JOB_MAX_INSTANCES:
+            # A submission event: it carries every due time it skipped (scheduled_run_times, plural).
+            due = ", ".join(_hms(t) for t in getattr(event, "scheduled_run_times", None) or ()) or "now"
+            log.info("%s: run due at %s skipped: the previous run of the set is still going", name, due)
+        else:  # APScheduler itself logs a warning for a missed run; it is counted in /status and /metrics
+            log.debug("%s: run due at %s was missed", name, _hms(event.scheduled_run_time))
 
     def _commit(self, outcome: _Outcome) -> None:
         runs = self._runs_of(outcome.set_id)
@@ -568,6 +573,11 @@ class Daemon:
                 self.metrics.applied.labels(binding.set_id, binding.dbid).inc(len(binding.applied_now))
             if binding.state == "failed":
                 self.metrics.failed.labels(binding.set_id, binding.dbid).inc()
+
+
+def _drop_max_instances_warning(record: logging.LogRecord) -> bool:
+    """Logging filter: APScheduler's "maximum number of running instances reached" line (the daemon logs its own)."""
+    return "maximum number of running instances reached" not in record.getMessage()
 
 
 def _secret(value: Any) -> str:
