@@ -20,7 +20,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-__all__ = ["Statement", "split", "line_of"]
+__all__ = ["Statement", "split", "line_of", "mysql_parts"]
 
 
 class _Lazy:
@@ -360,6 +360,21 @@ def _scan_mysql(text: str) -> Iterator[tuple[int, int]]:
                     if suffix.group(1):
                         continue  # END IF, END LOOP, ...
                 depth = max(depth - 1, 0)  # END, END CASE
+
+
+def mysql_parts(statement: Statement) -> list[Statement]:
+    """The ``;``-separated statements inside one MySQL chunk, numbered from 1, with file lines.
+
+    A chunk ended by a custom delimiter (``DROP PROCEDURE IF EXISTS p; CREATE
+    PROCEDURE p() BEGIN ... END$$``) reaches the server whole, with multi-statements
+    on, as the ``mariadb`` client sends it; the server then runs its parts one by one.
+    This reads the parts as a ``;`` script would be read (compound bodies stay
+    whole), so that a failing part can be named by its own line.
+    """
+    return [
+        Statement(part.number, statement.line + part.line - 1, part.text)
+        for part in _statements(statement.text, _scan_mysql(statement.text))
+    ]
 
 
 # --- SQLite (sqlite3 shell) --------------------------------------------------

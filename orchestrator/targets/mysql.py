@@ -61,6 +61,7 @@ _CONNECT_HINTS = {
     2026: "the server does not offer TLS; set tls to false or enable TLS on the server",
 }
 _AT_LINE = re.compile(r" at line (\d+)\s*$")
+_CALL = re.compile(r"(?:call|execute)(?![0-9A-Za-z_$])", re.IGNORECASE)
 _MAYBE_USE = re.compile(r"(?:^|;)\s*use\s", re.IGNORECASE | re.MULTILINE)
 
 
@@ -96,6 +97,7 @@ class MysqlTarget(SqlTarget):
     dialect = "mysql"
     placeholder = "%s"
     transactional_ddl = False
+    _results_before_error = 0
 
     # -- connection ------------------------------------------------------------
 
@@ -125,6 +127,8 @@ class MysqlTarget(SqlTarget):
                 read_timeout=db.timeout,
                 autocommit=True,
                 local_infile=False,
+                # As the mariadb client: a DELIMITER chunk holding several statements is sent whole.
+                client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS,
                 program_name="orchestrator",
                 **tls,
             )
@@ -147,12 +151,28 @@ class MysqlTarget(SqlTarget):
         return (pymysql.err.MySQLError,)
 
     def _execute(self, sql: str, params: Any = None) -> Any:
+        """Run *sql* and every statement after it in the same chunk; the first result's rows (None for none).
+
+        With multi-statements on, each statement of a chunk answers with its own
+        result, and an error in the third surfaces only when the first two have been
+        read: all are read here, and how many succeeded is kept for the error report.
+        """
+        done = 0
+        cur = self.connection.cursor()
         try:
-            return super()._execute(sql, params)
+            cur.execute(sql, params) if params is not None else cur.execute(sql)
+            rows = cur.fetchall() if cur.description else None
+            done = 1
+            while cur.nextset():
+                done += 1
+            return rows
         except self._driver_errors() as exc:
+            self._results_before_error = done
             if self._is_connection_lost(exc):
                 raise TargetUnreachable(self.dbid, f"lost the connection: {_server_text(exc)}") from None
             raise
+        finally:
+            cur.close()
 
     def _is_connection_lost(self, exc: BaseException) -> bool:
         import pymysql
@@ -346,12 +366,33 @@ class MysqlTarget(SqlTarget):
     def _error_message(self, exc: BaseException, statement: Any) -> tuple[str, int | None]:
         text = _server_text(exc)
         code = _errno(exc)
+        message = f"error {code}: {text}" if code else text
+        part = self._failed_part(statement) if statement else None
+        if part is not None:
+            message += f" (in its statement {part.number}, of the block from line {statement.line})"
+            statement = part
         line = statement.line if statement else None
         m = _AT_LINE.search(text)
         if m and line is not None and code == _ER_PARSE:
-            # The server counts lines from the statement's start; report the file's line.
+            # The server counts lines from the failing statement's start; report the file's line.
             line += int(m.group(1)) - 1
-        return (f"error {code}: {text}" if code else text), line
+        return message, line
+
+    def _failed_part(self, statement: Any) -> Any:
+        """The statement inside a multi-statement chunk that failed, or None (single statement, or unknown)."""
+        from orchestrator.sqlsplit import mysql_parts
+
+        if ";" not in statement.text:
+            return None
+        parts = mysql_parts(statement)
+        failed = self._results_before_error  # one result per statement that ran
+        if len(parts) < 2 or failed >= len(parts):
+            return None
+        # CALL (or EXECUTE of one) answers with a result per SELECT in the procedure:
+        # after one, results no longer count statements.
+        if any(_CALL.match(part.text) for part in parts[:failed]):
+            return None
+        return parts[failed]
 
     def apply(self, script: Script) -> Applied | None:
         """Run one migration under the dirty flag; None when another runner recorded it first."""
