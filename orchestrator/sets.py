@@ -10,6 +10,7 @@ orders, checksums and parses those files; it imports no database client.
 
 from __future__ import annotations
 
+import ast
 import codecs
 import hashlib
 import logging
@@ -212,16 +213,14 @@ class Script:
         namespace: dict[str, Any] = {"__name__": f"orchestrator_migration_{self.set_id}_{self.version}", "__file__": str(self.path)}
         try:
             exec(code, namespace)
-        except Exception as exc:  # a migration's import-time code is user code
-            import traceback
-
-            line = next((f.lineno for f in reversed(traceback.extract_tb(exc.__traceback__)) if f.filename == str(self.path)), None)
+        except _ESCAPES_UP as exc:  # a migration's import-time code is user code; sys.exit() there fails it too
+            line = _raise_line(exc, self.path)
             detail = " ".join(str(exc).split())
             raise MigrationError(self.label, f"loading failed: {type(exc).__name__}" + (f": {detail}" if detail else ""), line=line) from None
         up = namespace.get("up")
         if not callable(up):
             raise MigrationError(self.label, "defines no up(db) function")
-        return up
+        return _guarded(up, self)
 
     def redis_commands(self) -> list[tuple[int, list[str | bytes]]]:
         """(line, argv) for each command of a ``.redis`` file, quoted as in redis-cli (see :func:`split_redis_args`).
@@ -240,6 +239,43 @@ class Script:
                 raise MigrationError(self.label, f"cannot parse command: {exc}", len(commands) + 1, number) from None
             commands.append((number, argv))
         return commands
+
+
+# What user code in a migration may raise: any Exception, and also sys.exit() and
+# KeyboardInterrupt, which would otherwise end the whole CLI or daemon with a clean exit.
+_ESCAPES_UP = (Exception, SystemExit, KeyboardInterrupt)
+
+
+def _raise_line(exc: BaseException, path: Path) -> int | None:
+    """The line of ``path`` where ``exc`` was raised (deepest frame in that file)."""
+    import traceback
+
+    return next((f.lineno for f in reversed(traceback.extract_tb(exc.__traceback__)) if f.filename == str(path)), None)
+
+
+def _guarded(up: Callable[[Any], Any], script: Script) -> Callable[[Any], Any]:
+    """``up`` with SystemExit and KeyboardInterrupt turned into a failed migration (MigrationError).
+
+    The targets catch Exception around ``up``; these two are BaseExceptions and would
+    skip the rollback (or the failed row) and stop the process with exit 0.
+    """
+
+    def up_guarded(db: Any) -> Any:
+        try:
+            return up(db)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            detail = " ".join(str(exc).split()) if isinstance(exc, KeyboardInterrupt) or exc.code is not None else ""
+            raise MigrationError(script.label, f"up() raised {type(exc).__name__}" + (f": {detail}" if detail else "")
+                                 + " (a migration cannot end the process; it failed)",
+                                 line=_raise_line(exc, script.path)) from None
+
+    return up_guarded
+
+
+def _no_op(node: ast.stmt) -> bool:
+    """``pass``, ``...`` or a string (a docstring): a statement that does nothing."""
+    return isinstance(node, ast.Pass) or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+                                          and (node.value.value is Ellipsis or isinstance(node.value.value, str)))
 
 
 _SPACE = b" \t\n\v\f\r"
