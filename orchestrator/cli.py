@@ -92,15 +92,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _resolve_set(config: Any, name: str) -> Any:
-    """A set by config name, or by folder path (the C tool passes a directory)."""
+    """A set by config name, or by folder path (the C tool passes a directory), or a folder in the sets directory."""
     from orchestrator.sets import discover
 
     if name in config.sets:
         spec = config.sets[name]
         return discover(spec.name, spec.folder)
-    for candidate in (Path(name), config.folder / name):
+    for candidate in (Path(name), config.folder / name, config.sets_directory / name):
         if candidate.is_dir():
-            return discover(candidate.resolve().name, candidate.resolve())
+            folder = candidate.resolve()
+            # A configured set's folder goes by the set's name: the ledger rows must match what catch-up reads.
+            owner = next((spec for spec in config.sets.values() if spec.folder.resolve() == folder), None)
+            if owner is not None:
+                return discover(owner.name, owner.folder)
+            return discover(folder.name, folder)
     known = ", ".join(sorted(config.sets)) or "none configured"
     raise ConfigError(f"unknown set {name!r}: not a set in {config.path.name} ({known}) nor a folder")
 
@@ -162,6 +167,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         raise ConfigError("usage: orchestrator up [all|N] CONFIG DBID SET")
     config = load(config_path)
     migration_set = _resolve_set(config, set_name)
+    set_name = migration_set.name
     if set_name in config.sets and dbid in config.databases and dbid not in config.sets[set_name].targets:
         log.warning("%s is not bound to %s in %s; applying as asked", set_name, dbid, config.path.name)
     target = _open(config, dbid)

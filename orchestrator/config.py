@@ -47,6 +47,7 @@ _HOST_ID = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 _SET_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 _CHARSET = r"^[A-Za-z0-9_]+$"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_C_SETS_DIRECTORY = "migrations"  # under the working directory: the C tool reads ./migrations/<set>
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -122,6 +123,8 @@ class PostgresqlConfig(_Server):
     schema_: Annotated[str, Field(alias="schema", min_length=1)] = "public"
     pooling: Literal["session", "transaction"] = "session"
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    keepalive: Annotated[Int, Field(ge=0, le=7200)] = defaults.KEEPALIVE
+    tcp_user_timeout: Annotated[Int, Field(ge=0, le=7200)] = defaults.TCP_USER_TIMEOUT
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
 
@@ -132,6 +135,8 @@ class MysqlConfig(_Server):
     dbname: Annotated[str, Field(min_length=1)]
     charset: Annotated[str, Field(pattern=_CHARSET)] = "utf8mb4"
     tls: Bool = False
+    keepalive: Annotated[Int, Field(ge=0, le=7200)] = defaults.KEEPALIVE
+    tcp_user_timeout: Annotated[Int, Field(ge=0, le=7200)] = defaults.TCP_USER_TIMEOUT
 
 
 class RedisConfig(_Server):
@@ -195,7 +200,8 @@ class _SetEntry(_Strict):
 
 
 class _Migrations(_Strict):
-    directory: str = defaults.SETS_DIRECTORY
+    directory: str | None = None
+    source_directory: str | None = None  # the C Web Framework's name for it
     table: Annotated[str, Field(pattern=_IDENT, max_length=63)] = defaults.LEDGER_TABLE
     sets: dict[Annotated[str, Field(pattern=_SET_NAME, max_length=100)], _SetEntry] = {}
 
@@ -215,6 +221,10 @@ class DaemonConfig(_Strict):
 
 
 class _File(_Strict):
+    # The C Web Framework's config.json also holds main, servers, mimetypes, ...: a
+    # section orchestrator does not read is ignored; the ones it reads stay strict.
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
+
     databases: _Databases = _Databases()
     migrations: _Migrations = _Migrations()
     daemon: DaemonConfig = DaemonConfig()
@@ -419,14 +429,45 @@ def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Con
         data = json.loads(text, object_pairs_hook=_object_pairs)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{name}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{name}: invalid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{name}: (top level): expected a JSON object")
-    data = _expand(data, (), dict(os.environ) if env is None else env, name)
+    _check_sections(data, name)
     try:
+        data = _expand(data, (), dict(os.environ) if env is None else env, name)
         raw = _File.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc, name) from None
+    except RecursionError:  # parsed, but deeper than any config: a value nested hundreds of levels
+        raise ConfigError(f"{name}: invalid config: nested too deeply") from None
     return _build(path.resolve(), name, raw)
+
+
+def _check_sections(data: dict[str, Any], name: str) -> None:
+    """Other sections are the application's, but a misspelt one of ours must not be ignored silently."""
+    import difflib
+
+    ours = list(_File.model_fields)
+    for key in data:
+        if key not in ours and (close := difflib.get_close_matches(str(key), ours, n=1, cutoff=0.8)):
+            raise ConfigError(f"{name}: {key}: unknown field (did you mean {close[0]!r}?)")
+
+
+def _sets_directory(folder: Path, name: str, migrations: _Migrations) -> Path:
+    """Where the sets live: ``directory``, or its C Web Framework alias ``source_directory``.
+
+    With neither: ``sets`` beside the config if that folder exists, else ``migrations``
+    under the working directory, where the C tool looks (``./migrations/<set>``).
+    """
+    if migrations.directory is not None and migrations.source_directory is not None:
+        raise ConfigError(f"{name}: migrations.source_directory: give either 'directory' or 'source_directory' "
+                          "(the C Web Framework's name for it), not both")
+    given = migrations.directory if migrations.directory is not None else migrations.source_directory
+    if given is not None:
+        return (folder / Path(given).expanduser()).resolve()
+    beside = folder / defaults.SETS_DIRECTORY
+    return beside if beside.is_dir() else (Path.cwd() / _C_SETS_DIRECTORY).resolve()
 
 
 def _build(path: Path, name: str, raw: _File) -> Config:
@@ -444,7 +485,8 @@ def _build(path: Path, name: str, raw: _File) -> Config:
     if raw.daemon.http.token is not None:
         register_secret(raw.daemon.http.token.get_secret_value())
 
-    sets_directory = (folder / Path(raw.migrations.directory).expanduser()).resolve()
+    sets_directory = _sets_directory(folder, name, raw.migrations)
+    directory_field = "migrations.source_directory" if raw.migrations.source_directory is not None else "migrations.directory"
     sets: dict[str, SetSpec] = {}
     for set_name, entry in raw.migrations.sets.items():
         where = f"{name}: migrations.sets.{set_name}"
@@ -452,7 +494,7 @@ def _build(path: Path, name: str, raw: _File) -> Config:
         if not set_folder.is_dir():
             problem = "is not a folder" if set_folder.exists() else "does not exist"
             raise ConfigError(f"{where}{'.path' if entry.path else ''}: set folder {set_folder} {problem}; "
-                              f"create it or fix {'the path' if entry.path else 'migrations.directory'}")
+                              f"create it or fix {'the path' if entry.path else directory_field}")
         targets: list[str] = []
         for i, pattern in enumerate(entry.targets):
             _check_dbid(pattern, f"{where}.targets[{i}]")

@@ -88,7 +88,10 @@ def test_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
     a = config.databases["sqlite.a"]
     assert (a.journal_mode, a.busy_timeout) == ("WAL", 5000)
     assert config.sets == {} and config.table == "migration"
-    assert config.sets_directory == tmp_path / "sets"
+    # no migrations.directory: 'sets' beside the config where it exists, else ./migrations as the C tool reads it
+    assert config.sets_directory == Path.cwd() / "migrations"
+    (tmp_path / "sets").mkdir()
+    assert load(tmp_path / "config.json").sets_directory == tmp_path / "sets"
     assert (config.daemon.workers, config.daemon.http.port, config.daemon.http.token) == (8, 8787, None)
 
 

@@ -25,7 +25,7 @@ from orchestrator.targets import Applied, LedgerRow, runner_identity
 if TYPE_CHECKING:
     from orchestrator.sets import Script
 
-__all__ = ["SqlTarget", "DbApiHandle", "LEDGER_LEVEL", "is_transaction_control"]
+__all__ = ["SqlTarget", "DbApiHandle", "LEDGER_LEVEL", "is_transaction_control", "c_tool_version"]
 
 log = logging.getLogger("migrations")
 
@@ -45,6 +45,19 @@ def is_transaction_control(sql: str) -> bool:
     if len(sql) >= 64 or not sql.lstrip()[:6].upper().startswith(_TXN_WORDS):
         return False
     return _TXN_CONTROL.match(_strip_comments(sql)) is not None
+
+
+_C_TOOL_ROW = re.compile(r"lib(.+)\.so")
+
+
+def c_tool_version(recorded: str) -> str:
+    """The version a C-tool ledger row stands for.
+
+    The C Web Framework's ``migrate`` records the file name of the compiled migration
+    it loaded, which CMake names ``lib<name>.so``: that row is version ``<name>``.
+    """
+    m = _C_TOOL_ROW.fullmatch(recorded)
+    return m.group(1) if m else recorded
 
 
 def _strip_comments(sql: str) -> str:
@@ -221,7 +234,7 @@ class SqlTarget:
         result = {}
         for row in rows or []:
             entry = LedgerRow(
-                set_id=row[0], version=row[1], apply_time=int(row[2] or 0), checksum=row[3],
+                set_id=row[0], version=c_tool_version(row[1]) if row[0] == "" else row[1], apply_time=int(row[2] or 0), checksum=row[3],
                 duration_ms=row[4], status=row[5] or "applied", statement=row[6], error=row[7], applied_by=row[8],
             )
             # A set's own row wins over an adopted one of the same version.
@@ -254,7 +267,8 @@ class SqlTarget:
 
     def _is_recorded(self, set_id: str, version: str) -> bool:
         rows = self._execute(
-            self._sql(f"SELECT status FROM {self._qualified_table()} WHERE set_id IN (?, '') AND version = ?"), (set_id, version)
+            self._sql(f"SELECT status FROM {self._qualified_table()} WHERE set_id IN (?, '') AND version IN (?, ?)"),
+            (set_id, version, f"lib{version}.so"),
         )
         return bool(rows)
 
@@ -281,7 +295,8 @@ class SqlTarget:
 
     def forget(self, set_id: str, version: str) -> None:
         # Connections run in autocommit mode; the runner's transactions are explicit.
-        self._execute(self._sql(f"DELETE FROM {self._qualified_table()} WHERE set_id IN (?, '') AND version = ?"), (set_id, version))
+        self._execute(self._sql(f"DELETE FROM {self._qualified_table()} WHERE set_id IN (?, '') AND version IN (?, ?)"),
+                      (set_id, version, f"lib{version}.so"))
 
     # -- locking ---------------------------------------------------------------
 
