@@ -456,6 +456,17 @@ def discover(name: str, folder: Path) -> MigrationSet:
         entries = sorted(os.scandir(folder), key=lambda e: e.name.encode("utf-8", "surrogateescape"))
     except OSError as exc:
         raise SetError(f"{folder}: cannot read set {name!r}: {exc.strerror}") from None
+    # Every name is checked before anything runs: a name that is not UTF-8 cannot be a version,
+    # a ledger value or a log line, and must not stop a run after earlier migrations applied.
+    for entry in entries:
+        _check_name(name, entry.name)
+        if entry.is_dir() and not entry.name.startswith("."):
+            try:
+                children = [child.name for child in os.scandir(entry.path)]
+            except OSError:
+                continue  # _classify reports an unreadable migration folder
+            for child in children:
+                _check_name(name, f"{entry.name}/{child}")
     migrations: list[Migration] = []
     seen: dict[str, str] = {}
     warnings: list[str] = []
@@ -479,6 +490,15 @@ def discover(name: str, folder: Path) -> MigrationSet:
     if warning:
         _warn_once(warning, folder, warnings)
     return MigrationSet(name, folder, tuple(migrations), tuple(warnings))
+
+
+def _check_name(set_name: str, name: str) -> None:
+    """SetError for a file name that is not valid UTF-8 (os.scandir keeps its bytes as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise SetError(f"{set_name}/{shown}: file name is not valid UTF-8; rename it (nothing was applied)") from None
 
 
 _NUMERIC_PREFIX = re.compile(r"^(\d+)")
