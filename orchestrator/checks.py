@@ -88,11 +88,9 @@ def _check_set(info: _SetInfo, drivers: dict[str, int]) -> list[str]:
             seen.add(str(script.path))
             try:
                 script.prepare()
-                if script.kind == "sql" and all(next(iter(script.statements(d)), None) is None
-                                                for d in drivers if d != "redis"):
-                    findings.append(f"{script.label}: holds no SQL statement")
-                elif script.kind == "redis" and not script.redis_commands():
-                    findings.append(f"{script.label}: holds no Redis command")
+                empty = script.emptiness(driver)
+                if empty is not None:  # catch-up would refuse it: never applied, never recorded
+                    findings.append(f"{script.label}: {empty}")
                 elif script.kind == "py" and not any(
                         isinstance(node, ast.FunctionDef) and node.name == "up" for node in ast.parse(script.text()).body):
                     findings.append(f"{script.label}: defines no up(db) function")

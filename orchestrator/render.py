@@ -98,6 +98,8 @@ def binding_line(b: BindingStatus, command: str) -> None:
         log.warning("%s", line)
     elif n:
         log.info("%s: applied %d migration%s (%d ms)", where, n, "s" if n != 1 else "", b.duration_ms)
+    elif b.state == "pending" and b.waiting:
+        log.error("%s", line)  # a pending file with nothing to run: not applied, said once per change
     elif b.state == "pending":
         log.info("%s: %d pending, not applied (apply: %s)", where, len(b.pending), b.apply)
     else:

@@ -103,8 +103,12 @@ def run(
     # Every file this run will touch is checked before the first one runs.
     scripts = []
     for m in selected:  # in name order, so the first bad file is the one reported
-        scripts.append(m.script_for(target.driver))
-        scripts[-1].prepare()
+        script = m.script_for(target.driver)
+        script.prepare()
+        empty = script.emptiness(target.driver)
+        if empty is not None:
+            raise MigrationError(script.label, empty)
+        scripts.append(script)
     with target.lock(set_id, lock_wait):
         target.ensure_ledger()
         rows = target.applied(set_id)  # again, under the lock: another runner may have been first

@@ -199,6 +199,38 @@ class Script:
             except SyntaxError as exc:
                 raise MigrationError(self.label, f"syntax error: {exc.msg}", line=exc.lineno) from None
 
+    def emptiness(self, driver: str) -> str | None:
+        """Why this file would change nothing on ``driver``, or None when it holds work.
+
+        A SQL file with no statement (only comments or blanks), a ``.redis`` file with no
+        command, or a Python ``up`` whose body is only ``pass``, ``...`` or a docstring:
+        the untouched templates of ``orchestrator create`` are all of these. Such a file
+        is never applied or recorded, so filling it in later runs the real change.
+        """
+        key = "empty:" + driver
+        if key in self._memo:
+            return self._memo[key]
+        reason = None
+        if self.kind == "sql":
+            if next(iter(self.statements(driver)), None) is None:
+                reason = "holds no SQL statement (only comments or blanks)"
+        elif self.kind == "redis":
+            if not self.redis_commands():
+                reason = "holds no Redis command (only comments or blanks)"
+        elif self.kind == "py":
+            try:
+                tree = ast.parse(self.text(), str(self.path))
+            except SyntaxError:
+                tree = None  # prepare() and load_up() report it with its line
+            ups = [node for node in (tree.body if tree else ()) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   and node.name == "up"]
+            if ups and all(_no_op(statement) for statement in ups[-1].body):
+                reason = "its up(db) does nothing (only pass, ... or a docstring)"
+        if reason is not None:
+            reason += "; not applied or recorded until it holds the change (an untouched 'orchestrator create' template?)"
+        self._memo[key] = reason
+        return reason
+
     def load_up(self) -> Callable[[Any], Any]:
         """Compile a Python migration and return its ``up(db)``.
 

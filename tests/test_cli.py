@@ -272,13 +272,19 @@ def test_create_writes_a_utc_timestamped_template(app: Any, orchestrator: Any, f
     s = discover("s1", app.root / "sets" / "s1")
     assert s.versions[-1] == path.name.rsplit(".", 1)[0]  # newest last
     if ext == "redis":
-        assert s.migrations[-1].script_for("redis").redis_commands() == []  # comments only: applies as a no-op
+        assert s.migrations[-1].script_for("redis").redis_commands() == []  # comments only: nothing to run
         return
-    # The template applies cleanly, after the existing files, and is recorded.
+    # The untouched template is refused, never recorded; filled in, it applies after the existing files.
+    code, _, err = orchestrator("up", "all", app.config, app.dbid, "s1")
+    assert code == 1 and f"s1/{path.name}" in err and "not applied or recorded" in err, err
+    with sqlite3.connect(app.db) as conn:  # checked before anything ran: no ledger table yet, or no row
+        assert not conn.execute("SELECT name FROM sqlite_master WHERE name = 'migration'").fetchall() \
+            or path.name.rsplit(".", 1)[0] not in [r[1] for r in ledger(app.db)]
+    path.write_text(path.read_text() + ("CREATE TABLE made_by_template (id INTEGER);\n" if ext == "sql" else
+                                        "    db.execute('CREATE TABLE made_by_template (id INTEGER)')\n"))
     code, _, err = orchestrator("up", "all", app.config, app.dbid, "s1")
     assert code == 0, err
     assert ledger(app.db)[-1][1] == path.name.rsplit(".", 1)[0]
-    assert path.name.rsplit(".", 1)[0] in [r[1] for r in ledger(app.db)]
 
 
 def test_create_into_a_folder_path(app: Any, orchestrator: Any, tmp_path: Path) -> None:
