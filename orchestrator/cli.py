@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--workers", type=int, default=None)
             p.add_argument("--lock-wait", type=float, default=None, help="seconds to wait for a held lock (default 10)")
 
+    p = sub.add_parser("import-c", parents=[common], help="convert C Web Framework migrations (dbquery SQL only) into .sql files")
+    p.add_argument("src", metavar="SRC_DIR")
+    p.add_argument("dest", metavar="DEST_DIR")
+    p.add_argument("--force", action="store_true", help="overwrite .sql files that already exist in DEST_DIR")
+
     p = sub.add_parser("daemon", parents=[common], help="run the scheduler, watcher and status server")
     p.add_argument("config")
     p.add_argument("--once", action="store_true", help="one catch-up, then exit with its exit code")
@@ -213,6 +218,17 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
     return fleet.command(args)
 
 
+def _cmd_import_c(args: argparse.Namespace) -> int:
+    from orchestrator.cimport import import_dir
+
+    done, failed = import_dir(Path(args.src), Path(args.dest), force=args.force)
+    for line in done:
+        print(line)
+    for line in failed:
+        logging.getLogger("orchestrator").error("%s", line)
+    return 1 if failed else 0
+
+
 def _cmd_daemon(args: argparse.Namespace) -> int:
     from orchestrator import daemon
 
@@ -229,6 +245,7 @@ _COMMANDS = {
     "plan": _cmd_fleet,
     "validate": _cmd_fleet,
     "daemon": _cmd_daemon,
+    "import-c": _cmd_import_c,
 }
 
 

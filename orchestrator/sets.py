@@ -41,6 +41,8 @@ _DIRECTIVE = re.compile(r"^\s*(?:--|#)\s*orchestrator\s*:\s*(.*?)\s*$", re.I)
 # "-- orchestrator no-transaction": a directive with its colon missing, not prose.
 _DIRECTIVE_NO_COLON = re.compile(r"^\s*(?:--|#)\s*orchestrator\s+([a-z]+(?:[-_][a-z]+)+)\s*$", re.I)
 _DIRECTIVES = ("no-transaction",)
+C_MIGRATION_HINT = ("a C Web Framework migration cannot run here; convert it with 'orchestrator import-c SRC_DIR DEST_DIR' "
+                    "(its dbquery SQL becomes a .sql file of the same version) or rewrite it as .sql or .py")
 _CHUNK = 1 << 20
 _warned: set[tuple[str, str]] = set()
 _inspect_cache: dict[tuple[str, int, int], tuple[str, bool]] = {}
@@ -388,7 +390,7 @@ class Migration:
     set_id: str
     version: str
     path: Path
-    kind: str  # "sql" | "py" | "redis" | "folder"
+    kind: str  # "sql" | "py" | "redis" | "folder" | "c" (a C Web Framework source: never run, see C_MIGRATION_HINT)
     files: tuple[str, ...] = ()  # for folders: the engine files present
     _scripts: dict[str, Script] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
@@ -401,6 +403,8 @@ class Migration:
         script = self._scripts.get(driver)
         if script is not None:
             return script
+        if self.kind == "c":
+            raise MigrationError(self.label, C_MIGRATION_HINT)
         if self.kind != "folder":
             if driver not in _KIND_ENGINES[self.kind]:
                 raise MigrationError(self.label, f"no file for {driver} ({self.kind} migrations run on {', '.join(_KIND_ENGINES[self.kind])})")
@@ -475,6 +479,14 @@ def _classify(entry: os.DirEntry[str], set_name: str, warnings: list[str]) -> tu
     for suffix, kind in _SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)], kind, ()
+    if name.endswith(".c") and len(name) > 2:
+        # A C Web Framework migration keeps its place (and version) in the set: one the C
+        # tool applied counts as applied; a pending one stops the run, saying how to port it.
+        return name[:-2], "c", ()
+    if name.startswith("lib") and name.endswith(".so"):  # what the C tool's build puts in ./migrations/<set>
+        _warn_once(f"{where}: ignored (a compiled C migration cannot run here; convert its .c source with "
+                   "'orchestrator import-c SRC_DIR DEST_DIR')", folder, warnings)
+        return None
     _warn_once(f"{where}: ignored (unknown extension; use .sql, .py, .redis or a folder)", folder, warnings)
     return None
 
