@@ -99,3 +99,79 @@ def test_a_failure_inside_a_chunk_names_the_chunk_and_its_statement(
     # What ran before the failure stays, as with the client; nothing after it ran.
     assert query(mysql_db, "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = DATABASE()") == [("p",)]
     assert query(mysql_db, "SHOW TABLES") == [("migration",), ("t",)]
+
+
+# -- every migration starts from the session of connect ---------------------------
+
+SEEN = ("foreign_key_checks", "unique_checks", "sql_mode", "character_set_client", "character_set_connection",
+        "character_set_results", "collation_connection", "time_zone", "tx_isolation", "insert_id")
+
+
+def test_session_settings_do_not_leak_into_the_next_migration(mysql_db: Any, project: Any, orchestrator: Any) -> None:
+    from orchestrator.targets.mysql import lock_name
+
+    lock = lock_name(mysql_db["dbname"], "migration", "s1")
+    config = setup_project(project, mysql_db, {
+        # What dump files and hand-written scripts set at their top, and never set back.
+        "001_settings.sql": (
+            "/*!40014 SET @OLD_FOREIGN_KEY_CHECKS=@@FOREIGN_KEY_CHECKS, FOREIGN_KEY_CHECKS=0 */;\n"
+            "SET unique_checks = 0;\n"
+            "SET sql_mode = '';\n"
+            "SET NAMES latin1;\n"
+            "SET time_zone = '+05:00';\n"
+            "SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE;\n"
+            "SET @leak = 'from 001', @number = 42;\n"
+            "SET insert_id = 1000;\n"
+            "SET timestamp = 1000000000;\n"
+            "CREATE TABLE parent (id INT PRIMARY KEY) ENGINE=InnoDB;\n"
+            "CREATE TABLE child (id INT PRIMARY KEY, parent_id INT, FOREIGN KEY (parent_id) REFERENCES parent (id)) ENGINE=InnoDB;\n"
+            "CREATE TABLE short_text (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(3)) ENGINE=InnoDB;\n"
+        ),
+        # Reads the session as it finds it.
+        "002_observe.py": (
+            "def up(db):\n"
+            "    db.execute('CREATE TABLE seen (name VARCHAR(64) PRIMARY KEY, value VARCHAR(512) NULL)')\n"
+            f"    for name in {SEEN!r}:\n"
+            "        db.execute('INSERT INTO seen SELECT %s, @@SESSION.' + name, (name,))\n"
+            "    db.execute(\"INSERT INTO seen SELECT 'leak', @leak\")\n"
+            "    db.execute(\"INSERT INTO seen SELECT 'number', @number\")\n"
+            "    db.execute(\"INSERT INTO seen SELECT 'frozen clock', NOW() < '2010-01-01'\")\n"
+            f"    db.execute(\"INSERT INTO seen SELECT 'holds the run lock', IS_USED_LOCK(%s) = CONNECTION_ID()\", ({lock!r},))\n"
+        ),
+        # Behaves by them: non-ASCII text through the connection's character set, an auto-increment id.
+        "003_text.sql": "INSERT INTO short_text (v) VALUES ('ünï');\n",
+        # Strict mode is back: this would be silently truncated under sql_mode ''.
+        "004_strict.sql": "INSERT INTO short_text (v) VALUES ('far too long');\n",
+    })
+    code, _, err = orchestrator("up", "all", config, "mysql.m1", "s1")
+    assert code == 1
+    assert "s1/004_strict.sql: statement 1 (line 1): error 1406: Data too long for column 'v'" in err
+    with mysql_connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT " + ", ".join(f"@@SESSION.{name}" for name in SEEN))
+        defaults = dict(zip(SEEN, (None if v is None else str(v) for v in cur.fetchone())))
+    assert defaults["foreign_key_checks"] == "1" and defaults["character_set_client"] == "utf8mb4"
+    assert dict(query(mysql_db, "SELECT name, value FROM seen")) == {
+        **defaults, "leak": None, "number": None, "frozen clock": "0", "holds the run lock": "1",
+    }
+    assert query(mysql_db, "SELECT id, v FROM short_text") == [(1, "ünï")]
+    rows = ledger(mysql_db)
+    assert [rows[v]["status"] for v in sorted(rows)] == ["applied", "applied", "applied", "failed"]
+    assert rows["004_strict"]["statement"] == 1 and rows["004_strict"]["error"].startswith("error 1406: ")
+
+
+def test_foreign_key_checks_are_back_on_for_the_next_migration(mysql_db: Any, project: Any, orchestrator: Any) -> None:
+    config = setup_project(project, mysql_db, {
+        "001_load.sql": (
+            "SET FOREIGN_KEY_CHECKS = 0;\n"
+            "CREATE TABLE parent (id INT PRIMARY KEY) ENGINE=InnoDB;\n"
+            "CREATE TABLE child (id INT PRIMARY KEY, parent_id INT, FOREIGN KEY (parent_id) REFERENCES parent (id)) ENGINE=InnoDB;\n"
+            "INSERT INTO child VALUES (1, 42);\n"  # allowed here, as in a dump being loaded
+        ),
+        "002_orphan.sql": "INSERT INTO child VALUES (2, 43);\n",
+    })
+    code, _, err = orchestrator("up", "all", config, "mysql.m1", "s1")
+    assert code == 1
+    assert "s1/002_orphan.sql: statement 1 (line 1): error 1452: Cannot add or update a child row" in err
+    assert query(mysql_db, "SELECT id, parent_id FROM child") == [(1, 42)]
+    rows = ledger(mysql_db)
+    assert rows["001_load"]["status"] == "applied" and rows["002_orphan"]["status"] == "failed"

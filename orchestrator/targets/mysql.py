@@ -21,6 +21,8 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import defaults
@@ -63,6 +65,56 @@ _CONNECT_HINTS = {
 _AT_LINE = re.compile(r" at line (\d+)\s*$")
 _CALL = re.compile(r"(?:call|execute)(?![0-9A-Za-z_$])", re.IGNORECASE)
 _MAYBE_USE = re.compile(r"(?:^|;)\s*use\s", re.IGNORECASE | re.MULTILINE)
+# Session variables that change by themselves (or only read as 0) are not restored;
+# the current database's character set follows USE; autocommit and timestamp are
+# handled on their own.
+_SESSION_SKIP = frozenset({
+    "autocommit", "timestamp", "last_insert_id", "identity", "rand_seed1", "rand_seed2", "gtid_seq_no",
+    "last_gtid", "wsrep_gtid_seq_no", "character_set_database", "collation_database",
+})
+# Servers without information_schema.SYSTEM_VARIABLES (MySQL): the variables scripts and dumps set.
+_SESSION_COMMON = (
+    "auto_increment_increment", "auto_increment_offset", "big_tables", "block_encryption_mode",
+    "character_set_client", "character_set_connection", "character_set_results", "check_constraint_checks",
+    "collation_connection", "completion_type", "default_storage_engine", "default_tmp_storage_engine",
+    "default_week_format", "div_precision_increment", "explicit_defaults_for_timestamp", "foreign_key_checks",
+    "group_concat_max_len", "information_schema_stats_expiry", "innodb_lock_wait_timeout", "innodb_strict_mode",
+    "insert_id", "interactive_timeout", "lc_time_names", "lock_wait_timeout", "max_execution_time",
+    "max_heap_table_size", "max_join_size", "max_sort_length", "max_statement_time", "net_read_timeout",
+    "net_write_timeout", "optimizer_switch", "profiling", "sort_buffer_size", "sql_auto_is_null",
+    "sql_big_selects", "sql_log_bin", "sql_mode", "sql_notes", "sql_quote_show_create",
+    "sql_require_primary_key", "sql_safe_updates", "sql_select_limit", "sql_warnings", "time_zone",
+    "tmp_table_size", "transaction_isolation", "transaction_read_only", "tx_isolation", "tx_read_only",
+    "unique_checks", "wait_timeout",
+)
+# User variables that hold a value (one set to NULL reads as never set).
+_USER_VARIABLES = (
+    "SELECT VARIABLE_NAME, VARIABLE_VALUE, VARIABLE_TYPE FROM information_schema.USER_VARIABLES "
+    "WHERE VARIABLE_VALUE IS NOT NULL",
+    "SELECT VARIABLE_NAME, VARIABLE_VALUE, NULL FROM performance_schema.user_variables_by_thread "
+    "WHERE THREAD_ID = PS_CURRENT_THREAD_ID() AND VARIABLE_VALUE IS NOT NULL",
+)
+_SESSION_CHECK = "orchestrator_session_check"  # a prepared statement: parsing ~200 @@names costs 1 ms, running it 0.2
+_ER_UNKNOWN_PREPARED = 1243
+
+
+@dataclass
+class _Session:
+    """The session as it was at connect, and a one-row query that tells whether it still is."""
+
+    names: tuple[str, ...]
+    values: tuple[Any, ...]
+    check: str  # the PREPARE text
+    expected: tuple[Any, ...]
+    user_query: str | None
+    user_vars: dict[str, tuple[Any, str | None]]
+
+
+def _user_value(value: Any, kind: str | None) -> Any:
+    # information_schema gives the text; the type comes back for numbers.
+    if value is not None and kind in ("INT", "DECIMAL", "DOUBLE"):
+        return {"INT": int, "DECIMAL": Decimal, "DOUBLE": float}[kind](value)
+    return value
 
 
 def lock_name(dbname: str, table: str, scope: str) -> str:
@@ -98,6 +150,8 @@ class MysqlTarget(SqlTarget):
     placeholder = "%s"
     transactional_ddl = False
     _results_before_error = 0
+    _session: _Session | None = None  # read before the first migration of a connection
+    _session_dirty = False  # a migration ran since the session was last restored
 
     # -- connection ------------------------------------------------------------
 
@@ -105,6 +159,7 @@ class MysqlTarget(SqlTarget):
         import pymysql  # lazily: the CLI must start without loading drivers
 
         db = self.db
+        self._session, self._session_dirty = None, False
         if pymysql.charset.charset_by_name(db.charset) is None:
             raise ConfigError(f"{self.dbid}: charset {db.charset!r} is not a MySQL character set (e.g. utf8mb4)")
         if db.tls:
@@ -394,6 +449,80 @@ class MysqlTarget(SqlTarget):
             return None
         return parts[failed]
 
+    # -- session state ---------------------------------------------------------
+
+    def _capture_session(self) -> _Session:
+        """The session's variables now: before the first migration they are still those of connect."""
+        try:
+            rows = self._execute(
+                "SELECT LOWER(VARIABLE_NAME) FROM information_schema.SYSTEM_VARIABLES "
+                "WHERE VARIABLE_SCOPE IN ('SESSION', 'SESSION ONLY') AND READ_ONLY = 'NO'"
+            )
+            names = {row[0] for row in rows or ()}
+        except self._driver_errors():  # MySQL has no such table: the variables scripts commonly set
+            names = set(_SESSION_COMMON) & {row[0].lower() for row in self._execute("SHOW SESSION VARIABLES") or ()}
+        # Character sets before collations (setting one resets the other).
+        ordered = tuple(sorted(names - _SESSION_SKIP, key=lambda n: (
+            not n.startswith("character_set_"), not n.startswith("collation_"), n)))
+        values = tuple(self._execute("SELECT " + ", ".join(f"@@SESSION.{self._quote(n)}" for n in ordered))[0])
+        user_query, user_vars = None, {}
+        for candidate in _USER_VARIABLES:
+            try:
+                user_vars = {name: (value, kind) for name, value, kind in self._execute(candidate) or ()}
+            except self._driver_errors():
+                continue
+            user_query = candidate
+            break
+        else:
+            log.debug("%s: user variables cannot be listed on this server; they are not reset between migrations", self.dbid)
+        # One row: a digest of every variable, whether SET timestamp froze the clock, how many user variables hold a value.
+        quoted = ", ".join(f"QUOTE(@@SESSION.{self._quote(n)})" for n in ordered)
+        check = f"SELECT MD5(CONCAT_WS(',', {quoted})), NOW() = SYSDATE()"
+        if user_query:
+            check += f", (SELECT COUNT(*) FROM ({user_query}) AS u)"
+        self._execute(f"PREPARE {_SESSION_CHECK} FROM %s", (check,))
+        digest = self._execute(f"EXECUTE {_SESSION_CHECK}")[0][0]
+        expected = (digest, 1, len(user_vars)) if user_query else (digest, 1)
+        return _Session(ordered, values, check, expected, user_query, user_vars)
+
+    def _restore_session(self) -> None:
+        """Set back whatever session variable or user variable the last migration changed (one query when none)."""
+        session = self._session
+        if session is None:
+            return
+        try:
+            state = tuple(self._execute(f"EXECUTE {_SESSION_CHECK}")[0])
+        except self._driver_errors() as exc:
+            if _errno(exc) != _ER_UNKNOWN_PREPARED:
+                raise
+            self._execute(f"PREPARE {_SESSION_CHECK} FROM %s", (session.check,))  # the migration deallocated it
+            state = tuple(self._execute(f"EXECUTE {_SESSION_CHECK}")[0])
+        if state != session.expected or session.user_vars:
+            assignments: list[str] = []
+            params: list[Any] = []
+            if not state[1]:
+                assignments.append("timestamp = DEFAULT")
+            if state[0] != session.expected[0]:
+                now = self._execute("SELECT " + ", ".join(f"@@SESSION.{self._quote(n)}" for n in session.names))[0]
+                for name, then, value in zip(session.names, session.values, now):
+                    if value != then:
+                        assignments.append(f"SESSION {self._quote(name)} = %s")
+                        params.append(then)
+            if session.user_query is not None and (state[2] != len(session.user_vars) or session.user_vars):
+                current = {name: value for name, value, _ in self._execute(session.user_query) or ()}
+                for name in current.keys() - session.user_vars.keys():
+                    assignments.append(f"@{self._quote(name)} = NULL")
+                for name, (then, kind) in session.user_vars.items():
+                    if current.get(name) != then:
+                        assignments.append(f"@{self._quote(name)} = %s")
+                        params.append(_user_value(then, kind))
+            if assignments:
+                log.debug("%s: restoring the session: %s", self.dbid, ", ".join(assignments))
+                self._execute("SET " + ", ".join(assignments), tuple(params))
+        self._session_dirty = False
+
+    # -- applying (continued) -----------------------------------------------------
+
     def apply(self, script: Script) -> Applied | None:
         """Run one migration under the dirty flag; None when another runner recorded it first."""
         import pymysql
@@ -401,6 +530,13 @@ class MysqlTarget(SqlTarget):
         checksum, _ = script.inspect()
         up = script.load_up() if script.kind == "py" else None
         started = time.monotonic()
+        # Every migration starts from the session of connect: without COM_RESET_CONNECTION,
+        # which would also release the runner's GET_LOCK.
+        with self._ledger_errors("cannot read or restore the session variables"):
+            if self._session is None:
+                self._session = self._capture_session()
+            elif self._session_dirty:
+                self._restore_session()  # the previous migration ended before it could
         # Claim the version first: the primary key makes a racing runner's insert fail.
         with self._ledger_errors(f"cannot record {script.version} as running in the ledger table {self.table}"):
             try:
@@ -409,6 +545,7 @@ class MysqlTarget(SqlTarget):
                 if _errno(exc) == _ER_DUP_ENTRY:
                     return None
                 raise
+        self._session_dirty = True
         try:
             count = self._run_body(script, up, in_transaction=False)
             self._end_of_migration(script)
@@ -425,7 +562,7 @@ class MysqlTarget(SqlTarget):
         return Applied(script.version, count, duration)
 
     def _end_of_migration(self, script: Script) -> None:
-        """Leave the session as the next migration expects it: no open transaction, autocommit, our database."""
+        """Leave the session as the next migration expects it: no open transaction, autocommit, our database, the variables of connect."""
         conn = self.connection
         if conn.server_status & _SERVER_STATUS_IN_TRANS:
             # The mariadb client would disconnect and the server roll it back: the same here, and say so.
@@ -437,6 +574,11 @@ class MysqlTarget(SqlTarget):
             conn.autocommit(True)
         if script.kind == "py" or _MAYBE_USE.search(script.text()):
             conn.select_db(self.db.dbname)
+        try:
+            self._restore_session()
+        except self._driver_errors() as exc:
+            raise MigrationError(script.label, f"ran, but setting back the session variables it changed failed: "
+                                               f"error {_errno(exc)}: {_server_text(exc)}") from None
 
     def _record_failure(self, script: Script, exc: MigrationError, started: float) -> None:
         # Keep the first failure: if the failed row cannot be written, the running
@@ -445,6 +587,10 @@ class MysqlTarget(SqlTarget):
             self._execute("ROLLBACK")  # a transaction the script opened ends with it, as with the mariadb client
             if not self.connection.get_autocommit():
                 self.connection.autocommit(True)
+            try:
+                self._restore_session()  # also before the ledger write: SET NAMES latin1 would garble the message
+            except self._driver_errors() as other:  # the next migration's start tries again
+                log.warning("%s: could not set back the session variables after %s failed: %s", self.dbid, script.label, other)
             self._execute(
                 f"UPDATE {self._qualified_table()} SET status = 'failed', statement = %s, error = %s, duration_ms = %s "
                 "WHERE set_id = %s AND version = %s",
