@@ -39,6 +39,18 @@ def setup_project(project: Any, mysql_db: dict[str, Any], files: dict[str, str])
 # -- several statements in one DELIMITER chunk ----------------------------------
 
 
+def test_parts_of_a_chunk_keep_their_file_lines() -> None:
+    from orchestrator.sqlsplit import mysql_parts, split
+
+    text = ("-- header\nDELIMITER //\nDROP TRIGGER IF EXISTS a;\n\nCREATE TRIGGER a AFTER INSERT ON t FOR EACH ROW\n"
+            "BEGIN\n  SET @n = 1;\nEND;\n//\nDELIMITER ;\nSELECT 1;\n")
+    chunk, single = list(split(text, "mysql"))
+    assert (chunk.number, chunk.line) == (1, 3)
+    assert [(p.number, p.line, p.text.split()[0]) for p in mysql_parts(chunk)] == [(1, 3, "DROP"), (2, 5, "CREATE")]
+    assert mysql_parts(chunk)[1].text.endswith("END")  # the body's own ';' stays inside
+    assert [(p.number, p.line, p.text) for p in mysql_parts(single)] == [(1, 11, "SELECT 1")]
+
+
 def test_chunks_of_several_statements_run_as_the_client_runs_them(mysql_db: Any, project: Any, orchestrator: Any) -> None:
     dbid = project.add_target("mysql", "m1", mysql_db)
     folder = project.add_set("s1", [dbid])
