@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from string import Template
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Protocol
 from urllib.parse import urlsplit
 
 from orchestrator import defaults
@@ -58,6 +58,9 @@ class StatusSource(Protocol):
 
     def status(self) -> dict[str, Any]:
         """The ``/status`` document: ``status --json`` plus a ``daemon`` section."""
+
+    # Optional: ``version() -> Hashable``, cheap, equal between two calls only if status() and rows()
+    # would return the same; the server then builds /status and the page once per version.
 
 
 def is_loopback(host: str) -> bool:
@@ -254,9 +257,55 @@ def render_page(rows: list[tuple[BindingStatus, dict[str, Any]]], daemon: dict[s
 # -- the server ------------------------------------------------------------------
 
 
+class _Prepared:
+    """A response body built once per state of the source and shared by every request that finds that state.
+
+    ``key`` (the source's ``version``) tells whether the state changed; the body is
+    rebuilt only then. Without a key, each request gets a body built after it
+    arrived, but requests arriving during a build share the next one (single flight).
+    Either way no answer predates its request, and a burst of N requests costs one
+    or two builds, not N.
+    """
+
+    def __init__(self, build: Callable[[], tuple[bytes, str]], key: Callable[[], Hashable] | None):
+        self._build, self._key = build, key
+        self._cond = threading.Condition()
+        self._started = self._finished = 0
+        self._building = False
+        self._value: tuple[bytes, str] | None = None
+        self._value_key: Hashable = None
+
+    def get(self) -> tuple[bytes, str]:
+        key = self._key() if self._key is not None else None
+        with self._cond:
+            need = self._started + 1
+            while True:
+                if self._value is not None and (self._value_key == key if key is not None else self._finished >= need):
+                    return self._value
+                if self._building:
+                    self._cond.wait()
+                    continue
+                self._building = True
+                self._started += 1
+                number = self._started
+                self._cond.release()
+                value = None
+                try:
+                    value = self._build()
+                finally:
+                    self._cond.acquire()
+                    self._building = False
+                    if value is not None:
+                        self._value, self._value_key, self._finished = value, key, number
+                    self._cond.notify_all()
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Backlog for bursts (a fleet of probes and scrapers at once); socketserver's default of 5
+    # makes the kernel drop connections beyond it, and clients wait out SYN retransmits.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], owner: StatusServer):
         self.owner = owner
@@ -310,16 +359,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._authorized():
                 return self._send(401, b"unauthorized: send 'Authorization: Bearer <daemon.http.token>'\n", "text/plain; charset=utf-8",
                                   head, extra={"WWW-Authenticate": 'Bearer realm="orchestrator"'})
-            if path == "/status":
-                text = json.dumps(owner.source.status(), indent=2, ensure_ascii=False, default=str)
-                return self._send(200, redact(text).encode("utf-8") + b"\n", "application/json", head)
-            if path == "/metrics":
-                body, content_type = owner.metrics.render()
-                return self._send(200, body, content_type, head)
-            status = owner.source.status()
-            ready, _ = owner.source.ready()
-            page = render_page(owner.source.rows(), status.get("daemon", {}), ready, refresh=owner.refresh)
-            return self._send(200, redact(page).encode("utf-8"), "text/html; charset=utf-8", head)
+            body, content_type = owner.body(path)
+            return self._send(200, body, content_type, head)
         except (BrokenPipeError, ConnectionResetError):
             return None
         except Exception as exc:  # a bug in rendering must not kill the server thread silently
@@ -354,6 +395,24 @@ class StatusServer:
         self._host, self._port = host, port
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
+        # Bodies are built once per state of the source and shared (see _Prepared).
+        key = getattr(source, "version", None)
+        self._bodies = {"/status": _Prepared(self._status_body, key), "/metrics": _Prepared(self.metrics.render, None),
+                        "/": _Prepared(self._page_body, key)}
+
+    def body(self, path: str) -> tuple[bytes, str]:
+        """(body, content type) of ``/status``, ``/metrics`` or ``/``, as of a moment after the call began."""
+        return self._bodies[path].get()
+
+    def _status_body(self) -> tuple[bytes, str]:
+        text = json.dumps(self.source.status(), indent=2, ensure_ascii=False, default=str)
+        return redact(text).encode("utf-8") + b"\n", "application/json"
+
+    def _page_body(self) -> tuple[bytes, str]:
+        status = self.source.status()
+        ready, _ = self.source.ready()
+        page = render_page(self.source.rows(), status.get("daemon", {}), ready, refresh=self.refresh)
+        return redact(page).encode("utf-8"), "text/html; charset=utf-8"
 
     @property
     def address(self) -> tuple[str, int]:

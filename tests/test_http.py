@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -281,3 +282,77 @@ def test_fleet_page_in_headless_chromium(project: Any, sqlite_db: Any, tmp_path:
     assert re.search(r'data-count-state="failed">failed <b>1</b>', dom)
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0
+
+
+class VersionedSource(FakeSource):
+    """A snapshot with a version, as the daemon's: the server builds /status once per version."""
+
+    def __init__(self, rows: list[tuple[BindingStatus, dict[str, Any]]]):
+        super().__init__(rows)
+        self.builds = 0
+        self.changes = 0
+
+    def version(self) -> Any:
+        return self.changes
+
+    def status(self) -> dict[str, Any]:
+        self.builds += 1
+        return super().status()
+
+
+def _burst(port: int, path: str, count: int) -> list[tuple[int, str]]:
+    """``count`` GET requests released at once, one thread each; (status, body) or (0, error) per request."""
+    barrier, results, guard = threading.Barrier(count), [], threading.Lock()
+
+    def one() -> None:
+        barrier.wait()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            outcome = (response.status, response.read().decode())
+        except Exception as exc:  # counted: the test asserts none failed
+            outcome = (0, f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
+        with guard:
+            results.append(outcome)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def test_status_is_built_once_per_version_and_never_older_than_the_request(serve: Any) -> None:
+    source = VersionedSource(sample_rows())
+    server = serve(source)
+    results = _burst(server.address[1], "/status", 50)
+    assert [code for code, _ in results] == [200] * 50 and len({body for _, body in results}) == 1
+    assert source.builds == 1
+    source._rows = source._rows[:1]
+    source.changes += 1  # the daemon's snapshot changed: the next request sees it
+    data = json.loads(request(server, "GET", "/status")[2])
+    assert len(data["bindings"]) == 1 and source.builds == 2
+    assert request(server, "GET", "/")[0] == 200 and source.builds == 3  # the page has its own body
+
+
+def test_daemon_serves_200_concurrent_status_requests(project: Any, tmp_path: Path, daemons: Any) -> None:  # noqa: F811
+    targets = [project.add_target("sqlite", f"t{i}", {"path": str(tmp_path / f"t{i}.db")}) for i in range(40)]
+    project.add_set("app", targets)
+    project.write("app", "001_users.sql", "CREATE TABLE users (id INTEGER);\n")
+    project.extra["daemon"] = FAST
+    daemon = daemons(project.config)
+    daemon.wait_ready()
+    poll(lambda: daemon.status()["summary"]["current"] == 40, what="40 bindings current")
+    port = int(daemon.url.rstrip("/").rsplit(":", 1)[1])
+    for path in ("/status", "/", "/healthz"):
+        results = _burst(port, path, 200)
+        failures = [(code, body[:200]) for code, body in results if code != 200]
+        assert len(results) == 200 and not failures, (path, failures[:5])
+    bodies = {body for _, body in _burst(port, "/status", 200)}
+    assert all(json.loads(body)["summary"]["current"] == 40 for body in bodies)
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0 and "Traceback" not in daemon.log
