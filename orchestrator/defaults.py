@@ -32,6 +32,12 @@ HTTP_PORT = 8787
 CONNECT_TIMEOUT = {"postgresql": 3, "mysql": 5, "redis": 3}
 """Seconds to wait for a server connection when the config gives no ``connection_timeout``."""
 
+KEEPALIVE = 60
+"""Seconds a silent dead TCP link to PostgreSQL or MySQL is kept before it is dropped (keepalive probes); 0: off."""
+
+TCP_USER_TIMEOUT = 60
+"""Seconds data sent to PostgreSQL or MySQL may stay unacknowledged before the link counts as dead; 0: the system's."""
+
 SQLITE_BUSY_TIMEOUT = 5000
 """Milliseconds SQLite waits for another writer before reporting the target ``locked``."""
 

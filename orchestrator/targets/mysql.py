@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,6 +131,18 @@ def lock_name(dbname: str, table: str, scope: str) -> str:
     return name
 
 
+def _drop_dead_links(sock: socket.socket, keepalive: int, tcp_user_timeout: int) -> None:
+    """Kernel settings that drop a dead link after about ``keepalive`` s idle, ``tcp_user_timeout`` s unacknowledged."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if keepalive else 0)
+    if keepalive and hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's keepalive timing applies
+        idle = max(1, keepalive // 2)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, (keepalive - idle) // 3))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    if tcp_user_timeout and hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, tcp_user_timeout * 1000)
+
+
 def _errno(exc: BaseException) -> int | None:
     args = getattr(exc, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
@@ -178,8 +191,10 @@ class MysqlTarget(SqlTarget):
                 database=db.dbname,
                 charset=db.charset,
                 connect_timeout=db.timeout,
-                # Bounds the handshake too: a server that accepts and never answers must not hang a worker.
+                # Bounds the handshake and the runner's own queries: a server that accepts and never
+                # answers must not hang a worker. A migration's statements run unbounded (_run_body).
                 read_timeout=db.timeout,
+                write_timeout=db.timeout,
                 autocommit=True,
                 local_infile=False,
                 # As the mariadb client: a DELIMITER chunk holding several statements is sent whole.
@@ -187,8 +202,7 @@ class MysqlTarget(SqlTarget):
                 program_name="orchestrator",
                 **tls,
             )
-            # Migrations may run for hours: no read timeout once connected (PyMySQL has no public setter).
-            self.connection._read_timeout = None
+            _drop_dead_links(self.connection._sock, db.keepalive, db.tcp_user_timeout)
         except pymysql.err.MySQLError as exc:
             self.connection = None
             code = _errno(exc)
@@ -224,10 +238,29 @@ class MysqlTarget(SqlTarget):
         except self._driver_errors() as exc:
             self._results_before_error = done
             if self._is_connection_lost(exc):
+                if "timed out" in _server_text(exc):
+                    raise TargetUnreachable(self.dbid, f"no answer within {self.db.timeout} s (connection_timeout) to "
+                                                       "the runner's own query; the server or the link to it stalled") from None
                 raise TargetUnreachable(self.dbid, f"lost the connection: {_server_text(exc)}") from None
             raise
         finally:
             cur.close()
+
+    @contextmanager
+    def _bounded(self, seconds: float | None) -> Iterator[None]:
+        """Another socket timeout than connection_timeout for the block's queries (None: unbounded)."""
+        conn = self.connection
+        # PyMySQL has no public setter; it applies these before each read and write.
+        conn._read_timeout = conn._write_timeout = seconds
+        try:
+            yield
+        finally:
+            conn._read_timeout = conn._write_timeout = self.db.timeout
+
+    def _run_body(self, script: Script, up: Any, in_transaction: bool) -> int:
+        # A migration may legitimately run for hours: only a dead link (keepalives, tcp_user_timeout) ends it.
+        with self._bounded(None):
+            return super()._run_body(script, up, in_transaction)
 
     def _is_connection_lost(self, exc: BaseException) -> bool:
         import pymysql
@@ -359,11 +392,13 @@ class MysqlTarget(SqlTarget):
         # Runners of different sets hold different set locks; this ledger-wide lock
         # keeps their CREATE or upgrade ALTER from colliding. Check again under it.
         name = lock_name(self.db.dbname, self.table, "")
-        got = self._execute("SELECT GET_LOCK(%s, %s)", (name, defaults.LOCK_WAIT))
+        with self._bounded(self.db.timeout + defaults.LOCK_WAIT):  # the server waits for the lock on purpose
+            got = self._execute("SELECT GET_LOCK(%s, %s)", (name, defaults.LOCK_WAIT))
         if not got or got[0][0] != 1:
             raise LockHeld(self.dbid, "(ledger)", self._holder_of(name) or "")
         try:
-            super().ensure_ledger()
+            with self._bounded(self.db.timeout + defaults.LOCK_WAIT):  # DDL may wait for the table's metadata lock
+                super().ensure_ledger()
         finally:
             try:
                 self._execute("SELECT RELEASE_LOCK(%s)", (name,))

@@ -9,8 +9,11 @@ a session ``pg_try_advisory_lock`` polled until the wait runs out, keyed by a
 stable hash of (schema, ledger table, set). Behind PgBouncer in transaction
 pooling (``pooling: "transaction"``) session state is unsafe, so the lock is a
 ``pg_try_advisory_xact_lock`` taken inside each migration's transaction and the
-search_path is ``SET LOCAL`` per transaction. Reading the ledger (status, plan)
-never writes: no DDL, no lock, no session change.
+search_path is ``SET LOCAL`` per transaction. Each migration starts from the
+same session state (see ``_session_sql``). Scripts run as ``psql -f`` runs them:
+pg_dump's ``\\restrict`` lines are skipped, ``COPY ... FROM STDIN`` gets the rows
+that follow it, other psql meta-commands are refused. Reading the ledger (status,
+plan) never writes: no DDL, no lock, no session change.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import defaults
@@ -26,6 +31,7 @@ from orchestrator.errors import LockHeld, MigrationError, OrchestratorError, Tar
 from orchestrator.redact import redact
 from orchestrator.sqlsplit import line_of
 from orchestrator.targets import Applied, LedgerRow, runner_identity
+from orchestrator.targets._deadline import Deadline
 from orchestrator.targets._sql import LEDGER_LEVEL, SqlTarget
 
 if TYPE_CHECKING:
@@ -45,6 +51,37 @@ _DO_BODY = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][0-9A-Za-z_\x80-\U0010ffff]
 _SERVER_PREFIX = re.compile(r'^(?:connection failed:\s*)?(?:connection to server (?:at|on) "[^"]*"(?: \([^)]*\))?,? (?:port \d+ )?failed:\s*)?')
 _SEVERITY = re.compile(r"^(?:FATAL|ERROR|PANIC):\s+")
 _DETAIL_MAX = 160
+_COPY_LINE = re.compile(r"^COPY [^,\n]*, line (\d+)")
+_COPY_CHUNK = 1 << 20  # characters of COPY rows per write: the rows are sent without a second whole copy
+_META_NAME = re.compile(r"\\([^\s\\]*)")
+# What to do instead, for the psql meta-commands migration files tend to hold.
+_META_HINTS = {
+    "c": "each target connects to the database its config names; give each database its own target",
+    "connect": "each target connects to the database its config names; give each database its own target",
+    "copy": "write COPY ... FROM STDIN with the rows after it, as pg_dump does",
+    "i": "put the included file's statements in this file or in a migration of its own",
+    "include": "put the included file's statements in this file or in a migration of its own",
+    "ir": "put the included file's statements in this file or in a migration of its own",
+    "include_relative": "put the included file's statements in this file or in a migration of its own",
+    "set": "psql variables are not expanded here; write the values into the SQL",
+    "gexec": "run the generated statements with EXECUTE in a DO block",
+}
+
+
+def _dead_link_params(keepalive: int, tcp_user_timeout: int) -> dict[str, Any]:
+    """libpq settings that drop a dead link after about ``keepalive`` s idle, ``tcp_user_timeout`` s unacknowledged."""
+    params: dict[str, Any] = {"keepalives": 1 if keepalive else 0}
+    if keepalive:
+        idle = max(1, keepalive // 2)
+        params.update(keepalives_idle=idle, keepalives_interval=max(1, (keepalive - idle) // 3), keepalives_count=3)
+    if tcp_user_timeout:
+        params["tcp_user_timeout"] = tcp_user_timeout * 1000  # libpq takes milliseconds
+    return params
+
+
+def _stalled(timeout: int) -> str:
+    return (f"no answer within {timeout} s (connection_timeout) to the runner's own query; "
+            "the server or the link to it stalled")
 
 
 def _one_line(text: str | None, limit: int | None = None) -> str:
@@ -67,6 +104,16 @@ def server_message(exc: BaseException) -> str:
     return primary
 
 
+def _meta_command_error(script: Script, statement: Any) -> MigrationError:
+    """One line naming a psql meta-command, its file and line; its arguments are never echoed (they may hold a password)."""
+    m = _META_NAME.match(statement.text)
+    name = m.group(1) if m else ""
+    hint = _META_HINTS.get(name, "remove it, or write what it does in SQL")
+    return MigrationError(script.label, f"psql meta-command \\{name} cannot run here: migrations are sent to the "
+                          f"server as SQL, not run by psql ({hint}); nothing of this migration was applied",
+                          statement.number, statement.line)
+
+
 class PostgresqlTarget(SqlTarget):
     driver = "postgresql"
     dialect = "postgresql"
@@ -81,6 +128,10 @@ class PostgresqlTarget(SqlTarget):
         self._session_ready = False
         self._waits: dict[str, float] = {}
         self._cursor: Any = None
+        # The runner's own queries (ledger, lock, BEGIN) get connection_timeout; a migration's statements run unbounded.
+        self._bound: float | None = db.timeout
+        self._deadline = Deadline()
+        self._migration_commit = False
 
     # -- connection ------------------------------------------------------------
 
@@ -96,6 +147,7 @@ class PostgresqlTarget(SqlTarget):
         }
         if self.db.sslmode:
             params["sslmode"] = self.db.sslmode
+        params.update(_dead_link_params(self.db.keepalive, self.db.tcp_user_timeout))
         if self._transaction_pooling:
             params["prepare_threshold"] = None  # server-side prepared statements do not survive a transaction pooler
         try:
@@ -129,17 +181,33 @@ class PostgresqlTarget(SqlTarget):
     def _on_notice(self, diag: Any) -> None:
         log.debug("%s: %s: %s", self.dbid, diag.severity, diag.message_primary)
 
+    def _session_sql(self) -> str:
+        """Statements that give the session the state every migration starts from.
+
+        A migration may change its session (pg_dump's ``set_config('search_path', '',
+        false)``, ``SET ROLE``, ``SET check_function_bodies``, temporary tables); psql
+        would start the next file in a new session. The runner keeps one session for
+        the run, and its advisory locks, so it undoes those instead: settings back to
+        their values at connect, then the connection's own settings again.
+        """
+        return (f"SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP; "
+                f"SET search_path TO {self._search_path}")
+
     def _ensure_session(self) -> None:
-        """Put the schema first on the search_path before anything runs migrations (once per session)."""
+        """Give the session the state a migration starts from, unless it has it already."""
         if self._session_ready or self._transaction_pooling:
-            return  # with a transaction pooler it is SET LOCAL in each transaction instead
-        self._execute(f"SET search_path TO {self._search_path}")
+            return  # with a transaction pooler it is reset in each transaction instead
+        self._execute(self._session_sql())
         self._session_ready = True
 
     def _begin(self) -> None:
         if self._transaction_pooling:
-            # One round trip; a session-level SET would leak to other clients of the pooled server connection.
-            self._execute(f"BEGIN; SET LOCAL search_path TO {self._search_path}")
+            # One round trip. The server connection may come with another client's session settings;
+            # a session-level SET here would leak to the others, so the search_path is SET LOCAL.
+            self._execute(f"BEGIN; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; SET LOCAL search_path TO {self._search_path}")
+        elif not self._session_ready:
+            self._execute(self._session_sql() + "; BEGIN")  # one round trip
+            self._session_ready = True
         else:
             self._execute("BEGIN")
 
@@ -153,9 +221,15 @@ class PostgresqlTarget(SqlTarget):
         try:
             # Statements without parameters go over the simple query protocol, as psql sends them;
             # they are not counted for server-side preparation (a big script would churn that cache).
-            cur.execute(sql, params, prepare=False if params is None else None)
-            return cur.fetchall() if cur.description else None
+            if self._bound is None:
+                cur.execute(sql, params, prepare=False if params is None else None)
+                return cur.fetchall() if cur.description else None
+            with self._deadline.bound(self._bound, self.connection.fileno()):
+                cur.execute(sql, params, prepare=False if params is None else None)
+                return cur.fetchall() if cur.description else None
         except psycopg.OperationalError as exc:
+            if self._deadline.expired:
+                raise TargetUnreachable(self.dbid, _stalled(self.db.timeout)) from None
             if self.connection is not None and (self.connection.broken or self.connection.closed):
                 raise TargetUnreachable(self.dbid, f"connection lost: {redact(server_message(exc))}") from None
             raise
@@ -164,6 +238,43 @@ class PostgresqlTarget(SqlTarget):
         import psycopg
 
         return (psycopg.Error,)
+
+    @contextmanager
+    def _bounded(self, seconds: float | None) -> Iterator[None]:
+        """Another client-side bound than connection_timeout for the block's queries (None: unbounded)."""
+        self._bound = seconds
+        try:
+            yield
+        finally:
+            self._bound = self.db.timeout
+
+    def _run_body(self, script: Script, up: Any, in_transaction: bool) -> int:
+        # A migration may legitimately run for hours: only a dead link (keepalives, tcp_user_timeout) ends it.
+        with self._bounded(None):
+            return super()._run_body(script, up, in_transaction)
+
+    def _record_and_commit(self, script: Script, checksum: str, started: float) -> int:
+        # The ledger row is the runner's own write; the COMMIT also runs the migration's deferred work
+        # (deferred constraints and triggers), so it is not cut either.
+        self._migration_commit = True
+        try:
+            return super()._record_and_commit(script, checksum, started)
+        finally:
+            self._migration_commit = False
+
+    def _commit(self) -> None:
+        if self._transaction_pooling:
+            # What a migration SET for the session would stay on the pooled server connection after COMMIT.
+            self._execute("SET SESSION AUTHORIZATION DEFAULT; RESET ALL")
+        if not self._migration_commit:
+            return super()._commit()
+        with self._bounded(None):
+            super()._commit()
+
+    def _rollback(self) -> None:
+        if self.connection is not None and (self.connection.broken or self.connection.closed):
+            return  # nothing to roll back here: the server rolls back when the session ends
+        super()._rollback()
 
     def _fail(self, what: str, exc: BaseException) -> OrchestratorError:
         """A driver error outside a migration's own statements, as one line naming the target and the ledger."""
@@ -210,7 +321,8 @@ class PostgresqlTarget(SqlTarget):
                 # Another set's runner may be creating the same table right now: take turns, bounded.
                 wait = max(self._waits.values(), default=defaults.LOCK_WAIT)
                 self._execute(f"SET LOCAL lock_timeout = {max(int(wait * 1000), 1)}")
-                self._execute("SELECT pg_advisory_xact_lock(%s)", (self._key("\x00ledger"),))
+                with self._bounded(self.db.timeout + wait):  # the server waits up to lock_timeout on purpose
+                    self._execute("SELECT pg_advisory_xact_lock(%s)", (self._key("\x00ledger"),))
                 if not self._execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)):
                     from psycopg import sql
 
@@ -219,8 +331,9 @@ class PostgresqlTarget(SqlTarget):
                 if level < LEDGER_LEVEL:
                     log.info("%s: %s ledger table %s.%s (level %d -> %d)", self.dbid, "creating" if level == 0 else "upgrading",
                              self.schema, self.table, level, LEDGER_LEVEL)
-                    for statement in self._create_ledger_sql() if level == 0 else self._upgrade_1_to_2_sql():
-                        self._execute(statement)
+                    with self._bounded(self.db.timeout + wait):  # each may wait up to lock_timeout for the table
+                        for statement in self._create_ledger_sql() if level == 0 else self._upgrade_1_to_2_sql():
+                            self._execute(statement)
                 self._commit()
             except BaseException:
                 self._safe_rollback()
@@ -336,12 +449,46 @@ class PostgresqlTarget(SqlTarget):
     # -- applying ----------------------------------------------------------------
 
     def apply(self, script: Script) -> Applied | None:
-        self._ensure_session()
+        if script.kind == "sql" and script.no_transaction:
+            # Statements that ran outside a transaction stay: refuse a psql meta-command before the first one runs.
+            # In a transaction, meeting one rolls back the whole migration instead.
+            for statement in script.statements(self.dialect):
+                if statement.text.startswith("\\"):
+                    raise _meta_command_error(script, statement)
+            self._ensure_session()  # in a transaction, BEGIN resets the session in the same round trip
         try:
             return super().apply(script)
         except self._driver_errors() as exc:
             # The migration's own statements report through _error_message; this is the ledger's bookkeeping.
             raise MigrationError(script.label, f"recording in {self.schema}.{self.table} failed: {redact(server_message(exc))}") from None
+        finally:
+            self._session_ready = False  # whatever the migration did to its session, the next one starts afresh
+
+    def _run_statement(self, script: Script, statement: Any) -> None:
+        if statement.data is not None:
+            self._copy_in(statement)
+        elif statement.text.startswith("\\"):
+            raise _meta_command_error(script, statement)
+        else:
+            self._execute(statement.text)
+
+    def _copy_in(self, statement: Any) -> None:
+        """COPY ... FROM STDIN with the rows that follow it in the file, as psql sends them.
+
+        The rows go to the server unparsed, in chunks; the server reads the format
+        the statement names (text: tabs, ``\\N``, backslash escapes; or csv).
+        """
+        import psycopg
+
+        data = statement.data
+        try:
+            with self.connection.cursor() as cur, cur.copy(statement.text) as copy:
+                for start in range(0, len(data), _COPY_CHUNK):
+                    copy.write(data[start:start + _COPY_CHUNK])
+        except psycopg.OperationalError as exc:
+            if self.connection.broken or self.connection.closed:
+                raise TargetUnreachable(self.dbid, f"connection lost: {redact(server_message(exc))}") from None
+            raise
 
     def _apply_outside_transaction(self, script: Script, checksum: str, up: Any, started: float) -> Applied | None:
         if not self._transaction_pooling:
@@ -393,7 +540,10 @@ class PostgresqlTarget(SqlTarget):
         if diag is not None and statement is not None:
             position = diag.statement_position
             context = _PLPGSQL_LINE.search(diag.context or "")
-            if position and str(position).isdigit():
+            copy_row = _COPY_LINE.search(diag.context or "") if statement.data is not None else None
+            if copy_row:
+                line = statement.data_line + int(copy_row.group(1)) - 1  # the server counts the rows from 1
+            elif position and str(position).isdigit():
                 line = line_of(statement, int(position) - 1)
             elif context and re.match(r"DO\b", statement.text, re.I):
                 # PL/pgSQL counts lines from the one holding the opening dollar quote.
