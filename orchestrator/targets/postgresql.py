@@ -156,6 +156,7 @@ class PostgresqlTarget(SqlTarget):
             self.connection = None
             raise TargetUnreachable(self.dbid, self._connect_cause(exc)) from None
         self._cursor = None
+        self._deadline = Deadline()  # a new session has no expired call
         self.connection.add_notice_handler(self._on_notice)
         self._table_sql = sql.Identifier(self.schema, self.table).as_string(self.connection)
         schemas = [self.schema] if self.schema == "public" else [self.schema, "public"]
