@@ -6,7 +6,9 @@ The ledger is readable with plain ``redis-cli`` (``<p>`` is the entry's ``prefix
 - ``<p><t>:<set>``: hash version -> apply_time (Unix seconds, as text), the applied versions;
 - ``<p><t>:<set>:meta``: hash version -> JSON (set_id, checksum, duration_ms, status,
   statement, line, error, applied_by; apply_time too while not applied);
-- ``<p><t>:<set>:lock``: ``<random> <since> <host> pid <N>`` with a TTL, while a runner holds the set.
+- ``<p><t>:<set>:lock``: ``<random>[.<scope>] <since> <host> pid <N>`` with a TTL, while a runner holds the set
+  (``<scope>`` names the boot and PID namespace the pid belongs to, so that a lock whose process is
+  gone can be taken over at once instead of after its TTL).
 
 A ``.redis`` file runs in one MULTI/EXEC together with a ``running`` claim in the
 meta hash, after WATCH on both hashes and a check that the version is not
@@ -19,9 +21,13 @@ until ``orchestrator resolve``: the ledger may say "unknown", never a false "app
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import re
 import secrets
+import socket
 import threading
 import time
 import traceback
@@ -45,6 +51,8 @@ log = logging.getLogger("migrations")
 # Compare-and-renew and compare-and-delete: only the token's owner touches the lock.
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# Compare-and-set: take over a dead holder's lock only if it still holds exactly that value.
+_TAKE_OVER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) end return false"
 _RECORD = ("if redis.call('hexists', KEYS[1], ARGV[1]) == 1 then return 0 end "
            "redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) redis.call('hset', KEYS[2], ARGV[1], ARGV[3]) return 1")
 
@@ -228,7 +236,7 @@ class RedisTarget:
             self.client.close()
             self.client = None
             raise TargetUnreachable(self.dbid, self._connect_cause(exc)) from None
-        for name, source in (("renew", _RENEW), ("release", _RELEASE), ("record", _RECORD)):
+        for name, source in (("renew", _RENEW), ("release", _RELEASE), ("record", _RECORD), ("take_over", _TAKE_OVER)):
             self._scripts[name] = self.client.register_script(source)
 
     def _connect_cause(self, exc: BaseException) -> str:
@@ -374,14 +382,21 @@ class RedisTarget:
             yield
             return
         key = self._key(set_id, ":lock")
-        token = f"{secrets.token_hex(8)} {int(time.time())} {runner_identity()}"
+        scope = _process_scope()
+        token = f"{secrets.token_hex(8)}{'.' + scope if scope else ''} {int(time.time())} {runner_identity()}"
         ttl = int(self.lock_ttl_ms)
         deadline = time.monotonic() + wait
+        checked: str | None = None  # the holder's value last looked at: each value is judged once
         with self._reachable("taking the lock"):
             while not self.client.set(key, token, nx=True, px=ttl):
+                value = self.client.get(key)
+                if value is not None and value != checked:
+                    checked = value
+                    if self._take_over_if_gone(set_id, key, value, token, ttl):
+                        break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise LockHeld(self.dbid, set_id, self.holder(set_id) or "")
+                    raise LockHeld(self.dbid, set_id, self._holder_for_error(set_id, key))
                 time.sleep(min(defaults.LOCK_POLL, remaining))
         self._check_scripting(set_id, key, token, ttl)
         self._locks[set_id] = _Heartbeat(self, set_id, key, token, ttl)
@@ -404,6 +419,42 @@ class RedisTarget:
             raise OrchestratorError(f"{self.dbid}/{set_id}: cannot renew the lock: {_one_line(exc)}; the lock's renewal and "
                                     "safe release need EVALSHA and SCRIPT LOAD (+@scripting) for this user") from None
 
+    def _take_over_if_gone(self, set_id: str, key: str, value: str, token: str, ttl: int) -> bool:
+        """Take a lock whose holder ran on this host, in this boot and PID namespace, and has exited.
+
+        Compare-and-set on the exact value seen: a holder that renewed or released
+        meanwhile, or a runner that took the lock first, keeps it.
+        """
+        if _holder_state(value) != "gone":
+            return False
+        import redis
+
+        try:
+            taken = self._scripts["take_over"](keys=[key], args=[value, token, ttl])
+        except redis.ResponseError as exc:  # no scripting for this user: wait for the TTL instead
+            log.debug("%s/%s: cannot take over the lock: %s", self.dbid, set_id, _one_line(exc))
+            return False
+        if taken:
+            log.warning("%s/%s: took over the lock of %s: that process no longer exists", self.dbid, set_id, _holder_text(value))
+        return bool(taken)
+
+    def _holder_for_error(self, set_id: str, key: str) -> str:
+        """The holder for a LockHeld message; a holder known to be gone comes with when its lock expires."""
+        value = self.client.get(key)
+        if value is None:
+            return ""
+        text = _holder_text(value)
+        state = _holder_state(value)
+        pttl = self.client.pttl(key) if state in ("gone", "gone?") else 0
+        if pttl and pttl > 0:
+            expires = datetime.fromtimestamp(time.time() + pttl / 1000, timezone.utc).strftime("%H:%M:%SZ")
+            if state == "gone":
+                text += f" (that process no longer exists; its lock expires at {expires})"
+            else:
+                text += (f" (no such process here, though it may run in another container or boot of this host; "
+                         f"its lock expires at {expires} unless renewed)")
+        return text
+
     def _release(self, set_id: str, beat: _Heartbeat) -> None:
         # Runs in finally blocks and close(): log, never raise over the first failure.
         beat.stop()
@@ -419,11 +470,7 @@ class RedisTarget:
             value = self.client.get(self._key(set_id, ":lock"))
         if value is None:
             return None
-        parts = value.split(" ", 2)
-        if len(parts) != 3 or not parts[1].isdigit():
-            return ""
-        since = datetime.fromtimestamp(int(parts[1]), timezone.utc).strftime("%H:%M:%SZ")
-        return f"{parts[2]} since {since}"
+        return _holder_text(value)
 
     # -- applying ----------------------------------------------------------------------
 
@@ -510,16 +557,37 @@ class RedisTarget:
         """running -> applied: the version enters the version hash."""
         import redis
 
-        doing = f"recording {script.label} applied (it ran; until recorded it stays 'running')"
-        with self._reachable(doing):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.hset(self._key(script.set_id), script.version, int(time.time()))
-            pipe.hset(self._key(script.set_id, ":meta"), script.version, self._meta(script.set_id, "applied", checksum, duration))
-            try:
-                pipe.execute()
-            except redis.ResponseError as exc:
-                raise OrchestratorError(f"{self.dbid}/{script.set_id}: {doing}: {_one_line(exc)}; "
-                                        "check the data, then 'orchestrator resolve --mark-applied'") from None
+        doing = f"recording {script.label} applied"
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self._key(script.set_id), script.version, int(time.time()))
+        pipe.hset(self._key(script.set_id, ":meta"), script.version, self._meta(script.set_id, "applied", checksum, duration))
+        try:
+            pipe.execute()
+        except redis.ResponseError as exc:
+            raise OrchestratorError(f"{self.dbid}/{script.set_id}: {doing}: {_one_line(exc)}; "
+                                    "check the data, then 'orchestrator resolve --mark-applied'") from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The EXEC may have been applied with only its reply lost: ask the ledger before saying anything.
+            recorded = self._recorded_after_loss(script)
+            if recorded:
+                log.warning("%s: the connection dropped while recording %s applied; read again, the ledger shows it applied",
+                            self.dbid, script.label)
+                return
+            if recorded is None:
+                raise TargetUnreachable(self.dbid, f"connection lost while {doing}: it ran, and whether it was recorded "
+                                        f"is unknown until the ledger can be read again ('applied', or 'running' "
+                                        f"until 'orchestrator resolve'): {_one_line(exc)}") from None
+            raise TargetUnreachable(self.dbid, f"connection lost while {doing}: it ran, and the ledger, read again, "
+                                    f"still shows it 'running'; check the data, then 'orchestrator resolve "
+                                    f"--mark-applied': {_one_line(exc)}") from None
+
+    def _recorded_after_loss(self, script: Script) -> bool | None:
+        """After a lost reply: is the version in the version hash? None when the ledger cannot be read either."""
+        try:
+            return bool(self.client.hexists(self._key(script.set_id), script.version))
+        except Exception as exc:  # still unreachable: the caller words its message by what is known
+            log.debug("%s: re-reading the ledger after a lost connection failed: %s", self.dbid, _one_line(exc))
+            return None
 
     def _fail(self, script: Script, checksum: str, duration: int, statement: int | None, line: int | None, error: str) -> None:
         """running -> failed; on error the entry stays ``running``, which blocks the set just the same."""
@@ -591,6 +659,55 @@ class RedisTarget:
         else:
             self._unclaim(script)
         raise failure
+
+
+_LOCK_VALUE = re.compile(r"^[0-9a-f]+(?:\.(?P<scope>[0-9a-f]+))? (?P<since>\d+) (?P<host>.+) pid (?P<pid>\d+)$")
+_scope: list[str | None] = []
+
+
+def _process_scope() -> str | None:
+    """Boot and PID namespace of this process (Linux), hashed; None where they cannot be read.
+
+    A pid means one process only within one boot of one PID namespace: two containers
+    sharing a host name must never judge each other's pids.
+    """
+    if not _scope:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+                boot = f.read().strip()
+            namespace = os.readlink("/proc/self/ns/pid")
+            _scope.append(hashlib.sha256(f"{boot} {namespace}".encode()).hexdigest()[:12])
+        except OSError:
+            _scope.append(None)
+    return _scope[0]
+
+
+def _holder_text(value: str) -> str:
+    """``host pid N since HH:MM:SSZ`` from a lock value ("" for a value another tool wrote)."""
+    parts = value.split(" ", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return ""
+    since = datetime.fromtimestamp(int(parts[1]), timezone.utc).strftime("%H:%M:%SZ")
+    return f"{parts[2]} since {since}"
+
+
+def _holder_state(value: str) -> str:
+    """``gone``: its process is known to have exited (same host, boot and PID namespace, no such pid);
+    ``gone?``: same host, no such pid, but its namespace is unknown; else ``alive`` or ``unknown``."""
+    m = _LOCK_VALUE.match(value)
+    if m is None or m.group("host") != socket.gethostname():
+        return "unknown"
+    pid = int(m.group("pid"))
+    if pid == os.getpid():
+        return "alive"  # another run of this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        scope = _process_scope()
+        return "gone" if scope is not None and m.group("scope") == scope else "gone?"
+    except OSError:  # EPERM: it exists, another user's
+        return "alive"
+    return "alive"
 
 
 def _raise_line(exc: BaseException, script: Script) -> int | None:
