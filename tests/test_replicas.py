@@ -17,8 +17,8 @@ from typing import Any
 from tests.conftest import redis_connect
 from tests.test_daemon import FAST, daemons, mysql_rows, poll  # noqa: F401 - daemons is a fixture
 
-SLOW_MYSQL = "SELECT SLEEP(3);\nCREATE TABLE slow (x INT);\n"
-SLOW_REDIS = "import time\n\n\ndef up(db):\n    time.sleep(3)\n    db.execute(['INCR', db.prefix + 'slow'])\n"
+SLOW_MYSQL = "SELECT SLEEP(5);\nCREATE TABLE slow (x INT);\n"
+SLOW_REDIS = "import time\n\n\ndef up(db):\n    time.sleep(5)\n    db.execute(['INCR', db.prefix + 'slow'])\n"
 
 
 def _slow_set(project: Any, mysql_db: Any, redis_prefix: Any, **options: Any) -> list[str]:
@@ -60,6 +60,8 @@ def test_a_second_runner_meeting_a_migration_in_flight_reports_locked_not_interr
         poll(lambda: _running(mysql_db, redis_prefix), 20, "the first runner inside 002_slow on both targets")
         code, out, err = orchestrator("catch-up", config, "--lock-wait", "0.3")
         status_code, status_out, _ = orchestrator("status", config)
+        ups = [orchestrator("up", "all", config, dbid, "s", "--lock-wait", "0.3") for dbid in ("mysql.m", "redis.r")]
+        assert _running(mysql_db, redis_prefix)  # all of the above ran while the first runner was still at work
     finally:
         first_out = first.communicate(timeout=60)[0]
     assert first.returncode == 0, first_out
@@ -69,6 +71,8 @@ def test_a_second_runner_meeting_a_migration_in_flight_reports_locked_not_interr
     for dbid in ("mysql.m", "redis.r"):
         assert f"{dbid}/s locked" in text, text
     assert status_code == 1 and "interrupted" not in status_out and status_out.count("locked") >= 2, status_out
+    for (up_code, up_out, up_err), dbid in zip(ups, ("mysql.m", "redis.r")):
+        assert up_code == 1 and f"{dbid}/s locked by " in up_err and "interrupted" not in up_err + up_out, up_err
     _assert_applied_once(mysql_db, redis_prefix)
 
 
