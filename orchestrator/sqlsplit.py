@@ -52,7 +52,15 @@ class Statement:
     line: int
     """1-based file line of the statement's first token (after leading blanks and comments)."""
     text: str
-    """Statement text without its delimiter, leading blanks/comments and trailing blanks."""
+    """Statement text without its delimiter, leading blanks/comments and trailing blanks.
+
+    A psql meta-command (PostgreSQL only) is a statement whose text starts with a
+    backslash and runs to the end of its line, e.g. ``\\connect db``."""
+    data: str | None = None
+    """PostgreSQL ``COPY ... FROM STDIN``: the inline rows that follow it, up to (not
+    including) the ``\\.`` line, as psql sends them; None for every other statement."""
+    data_line: int = 0
+    """File line of the first row of ``data``."""
 
 
 def split(text: str, dialect: str) -> Iterator[Statement]:
@@ -77,13 +85,15 @@ def line_of(statement: Statement, offset: int) -> int:
     return statement.line + statement.text.count("\n", 0, offset)
 
 
-def _statements(text: str, regions: Iterator[tuple[int, int]]) -> Iterator[Statement]:
+def _statements(text: str, regions: Iterator[tuple[int, ...]]) -> Iterator[Statement]:
     # Scanners yield (first token, delimiter) offsets; lines are counted from the
     # previous statement only, so the whole file is counted once.
+    # A region is (first, end), or (first, end, data start, data end) for a COPY FROM STDIN.
     number = 0
     line = 1
     counted = 0
-    for first, end in regions:
+    for region in regions:
+        first, end = region[0], region[1]
         while end > first and text[end - 1].isspace():
             end -= 1
         if end <= first:
@@ -91,7 +101,11 @@ def _statements(text: str, regions: Iterator[tuple[int, int]]) -> Iterator[State
         line += text.count("\n", counted, first)
         counted = first
         number += 1
-        yield Statement(number, line, text[first:end])
+        if len(region) == 2:
+            yield Statement(number, line, text[first:end])
+        else:
+            start, stop = region[2], region[3]  # type: ignore[misc]
+            yield Statement(number, line, text[first:end], text[start:stop], line + text.count("\n", first, start))
 
 
 # Characters that continue an identifier in PostgreSQL and MySQL (any non-ASCII
@@ -123,7 +137,7 @@ def _pg_parens(levels: int) -> str:
     # not split at a ';' inside them, and INSERT rows are full of them, so
     # returning to Python at every parenthesis would dominate the run time.
     # Deeper nesting (or a dollar quote inside) stops the match and is counted in Python.
-    inner = r"""[^'"$\-/()]++|""" + _PG_TOKENS
+    inner = r"""[^'"$\-/()\\]++|""" + _PG_TOKENS
     pattern = r"\((?:" + inner + r")*+\)"
     for _ in range(levels):
         pattern = r"\((?:" + inner + "|" + pattern + r")*+\)"
@@ -131,11 +145,11 @@ def _pg_parens(levels: int) -> str:
 
 
 _PG_PARENS = _pg_parens(3)
-_PG_RUN = _Lazy("_PG_RUN", r"""(?:[^'"$;\-/()]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*+")
-_PG_RUN_IN_PARENS = _Lazy("_PG_RUN_IN_PARENS", r"""(?:[^'"$\-/()]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*+")
+_PG_RUN = _Lazy("_PG_RUN", r"""(?:[^'"$;\-/()\\]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*+")
+_PG_RUN_IN_PARENS = _Lazy("_PG_RUN_IN_PARENS", r"""(?:[^'"$\-/()\\]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*+")
 # In CREATE FUNCTION/PROCEDURE, also stop at BEGIN, CASE and END.
 _PG_RUN_ROUTINE = _Lazy("_PG_RUN_ROUTINE", 
-    rf"""(?:[^'"$;\-/(){_IDSTART}]++"""
+    rf"""(?:[^'"$;\-/()\\{_IDSTART}]++"""
     rf"|(?!(?i:begin|case|end)(?![{_IDCH}]))[{_IDSTART}][{_IDCH}]*+"
     "|" + _PG_TOKENS + "|" + _PG_PARENS + ")*+"
 )
@@ -144,6 +158,13 @@ _PG_DOLLAR = _Lazy("_PG_DOLLAR", rf"\$(?:[{_IDSTART}][0-9A-Za-z_\x80-\U0010ffff]
 _PG_LEAD = _Lazy("_PG_LEAD", r"(?:\s++|--[^\n]*+|/\*(?:[^*/]++|\*(?!/)|/(?!\*))*+\*/)*+")
 _PG_NESTED = _Lazy("_PG_NESTED", r"/\*|\*/")
 _PG_SEP = r"(?:\s++|--[^\n]*+|" + _BLOCK_COMMENT + ")+"
+_PG_COPY = _Lazy("_PG_COPY", rf"copy(?![{_IDCH}])", re.IGNORECASE)
+# FROM STDIN outside quotes and comments (those are blanked out first)
+_PG_FROM_STDIN = _Lazy("_PG_FROM_STDIN", rf"(?<![{_IDCH}])from\s+stdin(?![{_IDCH}])", re.IGNORECASE)
+_PG_QUOTED = _Lazy("_PG_QUOTED", _PG_TOKENS)
+# psql's end-of-data line; copy.c accepts "\\.\n" and "\\.\r\n"
+_PG_COPY_END = _Lazy("_PG_COPY_END", r"^\\\.\r?(?:\n|\Z)", re.MULTILINE)
+_PG_META_SKIP = _Lazy("_PG_META_SKIP", r"\\(?:un)?restrict(?![^\s\\])")
 _PG_ROUTINE = _Lazy("_PG_ROUTINE", 
     rf"create{_PG_SEP}(?:or{_PG_SEP}replace{_PG_SEP})?(?:function|procedure)(?![{_IDCH}])",
     re.IGNORECASE,
@@ -163,6 +184,12 @@ def _pg_comment_end(text: str, pos: int) -> int | None:
     return None
 
 
+def _pg_from_stdin(statement: str) -> bool:
+    """True for a COPY statement that reads its rows from the client (``FROM STDIN``)."""
+    blanked = _PG_QUOTED.sub(lambda m: " " if len(m.group()) > 1 else m.group(), statement)
+    return _PG_FROM_STDIN.search(blanked) is not None
+
+
 def _pg_skip_lead(text: str, pos: int) -> int:
     while True:
         pos = _PG_LEAD.match(text, pos).end()  # type: ignore[union-attr]
@@ -174,16 +201,47 @@ def _pg_skip_lead(text: str, pos: int) -> int:
         pos = end
 
 
-def _scan_postgresql(text: str) -> Iterator[tuple[int, int]]:
+def _pg_line_end(text: str, pos: int) -> int:
+    end = text.find("\n", pos)
+    return len(text) if end < 0 else end
+
+
+def _pg_copy_in(text: str, first: int, end: int, n: int) -> tuple[list[tuple[int, ...]], int]:
+    """(regions, where scanning resumes) for a COPY ... FROM STDIN ending at the ';' at *end*.
+
+    psql sends the statement at its ';', then the server asks for the rows and psql
+    reads them from the next line of the file up to a line holding only ``\\.``
+    (or the end of the file); the rest of the statement's own line is read after.
+    """
+    eol = _pg_line_end(text, end)
+    start = min(eol + 1, n)
+    m = _PG_COPY_END.search(text, start)
+    regions: list[tuple[int, ...]] = [(first, end, start, m.start() if m else n)]
+    rest = text[end + 1:eol]
+    if rest.strip():
+        regions.append((end + 1 + len(rest) - len(rest.lstrip()), eol))
+    return regions, m.end() if m else n
+
+
+def _scan_postgresql(text: str) -> Iterator[tuple[int, ...]]:
     n = len(text)
     pos = 0
     while True:
         first = _pg_skip_lead(text, pos)
         if first >= n:
             return
+        if text[first] == "\\":
+            # A psql meta-command takes the rest of its line. pg_dump writes \restrict and
+            # \unrestrict into every plain dump (15.14 and later); psql's other commands are
+            # yielded for the target to refuse.
+            pos = _pg_line_end(text, first)
+            if _PG_META_SKIP.match(text, first) is None:
+                yield first, pos
+            continue
         # psql's heuristic: BEGIN ... END is tracked only in CREATE [OR REPLACE]
         # FUNCTION/PROCEDURE, at parenthesis depth 0, and CASE only inside a BEGIN.
         routine = text[first] in "cC" and _PG_ROUTINE.match(text, first) is not None
+        copy = not routine and text[first] in "cC" and _PG_COPY.match(text, first) is not None
         parens = begins = 0
         pos = first
         while True:
@@ -195,15 +253,27 @@ def _scan_postgresql(text: str) -> Iterator[tuple[int, int]]:
                 run = _PG_RUN
             pos = run.match(text, pos).end()  # type: ignore[union-attr]
             if pos >= n:
-                yield first, n
+                yield (first, n, n, n) if copy and _pg_from_stdin(text[first:n]) else (first, n)
                 return
             c = text[pos]
             if c == ";":
                 if not parens and not begins:
+                    if copy and _pg_from_stdin(text[first:pos]):
+                        regions, pos = _pg_copy_in(text, first, pos, n)
+                        yield from regions
+                        break
                     yield first, pos
                     pos += 1
                     break
                 pos += 1
+            elif c == "\\":
+                # psql runs a meta-command wherever a backslash stands outside quotes and
+                # comments; in the middle of a statement none is skipped.
+                yield first, pos
+                end = _pg_line_end(text, pos)
+                yield pos, end
+                pos = end
+                break
             elif c == "(":
                 parens += 1
                 pos += 1

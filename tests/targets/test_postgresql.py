@@ -576,3 +576,22 @@ def test_transaction_pooling_no_transaction_file_claims_its_version_first(pg_db:
         ("0003_bad", "failed", 1, 'relation "nosuch" does not exist'),  # outcome recorded: it ran outside a transaction
     ]
     assert query(pg_db, "SELECT indisvalid FROM pg_index WHERE indexrelid = 't_id'::regclass") == [(True,)]
+
+
+def test_transaction_pooling_a_pg_dump_file_leaks_no_session_state(pg_db: Any, bouncer: int, tmp_path: Path) -> None:
+    # The real dump sets search_path to '' and check_function_bodies off for its session, and loads rows with COPY.
+    write(tmp_path / "s1", "0001_restore.sql", (REPO / "tests" / "data" / "postgresql" / "shop.dump.sql").read_text(encoding="utf-8"))
+    write(tmp_path / "s1", "0002_after.sql", "CREATE TABLE after_dump (id int);\n"
+          "DO $$ BEGIN IF current_setting('check_function_bodies') <> 'on' THEN RAISE 'settings leaked'; END IF; END $$;\n")
+    t = target(via_bouncer(pg_db, bouncer, schema="app"))
+    try:
+        report = run(t, discover("s1", tmp_path / "s1"))
+    finally:
+        t.close()
+    assert [a.version for a in report.applied] == ["0001_restore", "0002_after"]
+    assert query(pg_db, "SELECT count(*), to_regclass('app.after_dump') IS NOT NULL FROM shop.customer") == [(5, True)]
+    with psycopg.connect(host="127.0.0.1", port=bouncer, user=PG["user"], password=BOUNCER_PASSWORD, dbname=pg_db["dbname"],
+                         autocommit=True) as conn:
+        for _ in range(3):  # whichever pooled server connection answers
+            assert conn.execute("SELECT current_setting('search_path'), current_setting('check_function_bodies')").fetchone() \
+                == ('"$user", public', "on")
