@@ -104,7 +104,7 @@ def _statements(text: str, regions: Iterator[tuple[int, ...]]) -> Iterator[State
         if len(region) == 2:
             yield Statement(number, line, text[first:end])
         else:
-            start, stop = region[2], region[3]  # type: ignore[misc]
+            start, stop = region[2], region[3]
             yield Statement(number, line, text[first:end], text[start:stop], line + text.count("\n", first, start))
 
 
@@ -490,7 +490,7 @@ def _scan_sqlite(text: str) -> Iterator[tuple[int, int]]:
             checked = pos
 
 
-_SCANNERS: dict[str, Callable[[str], Iterator[tuple[int, int]]]] = {
+_SCANNERS: dict[str, Callable[[str], Iterator[tuple[int, ...]]]] = {
     "postgresql": _scan_postgresql,
     "mysql": _scan_mysql,
     "sqlite": _scan_sqlite,
