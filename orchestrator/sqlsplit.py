@@ -270,9 +270,9 @@ def _scan_postgresql(text: str) -> Iterator[tuple[int, ...]]:
                 # psql runs a meta-command wherever a backslash stands outside quotes and
                 # comments; in the middle of a statement none is skipped.
                 yield first, pos
-                end = _pg_line_end(text, pos)
-                yield pos, end
-                pos = end
+                eol = _pg_line_end(text, pos)
+                yield pos, eol
+                pos = eol
                 break
             elif c == "(":
                 parens += 1
