@@ -21,8 +21,21 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Wave", "Budget", "Rollout", "Caps", "TargetView", "Gate", "WaveStatus", "RolloutPlan", "FailureBudget",
-           "parse_budget", "split_waves", "plan", "wave_hash"]
+__all__ = [
+    "Budget",
+    "Caps",
+    "FailureBudget",
+    "Gate",
+    "Rollout",
+    "RolloutPlan",
+    "TargetView",
+    "Wave",
+    "WaveStatus",
+    "parse_budget",
+    "plan",
+    "split_waves",
+    "wave_hash",
+]
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
