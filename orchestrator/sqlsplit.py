@@ -15,32 +15,24 @@ makes the rest of the file the last statement, for the server to report.
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
-__all__ = ["Statement", "split", "line_of", "mysql_parts"]
+__all__ = ["Statement", "line_of", "mysql_parts", "split"]
 
 
-class _Lazy:
-    """A module-level pattern compiled on first use.
+def _lazy(pattern: str, flags: int = 0) -> Callable[[], re.Pattern[str]]:
+    """A module-level pattern compiled on its first call, then the same object every call.
 
     The PostgreSQL patterns alone take ~150 ms to compile; a run that splits only
-    SQLite (or nothing) should not pay that at import. The first attribute access
-    compiles and rebinds the module global, so later lookups get the real pattern.
+    SQLite (or nothing) should not pay that at import. Scanners call each one once
+    per file and keep the result in a local. The lead and run patterns end in ``*+``
+    and always match (possibly empty); their ``m is None`` branches are never taken.
     """
-
-    __slots__ = ("_name", "_args")
-
-    def __init__(self, name: str, *args: object):
-        self._name = name
-        self._args = args
-
-    def __getattr__(self, attr: str) -> object:
-        compiled = re.compile(*self._args)  # type: ignore[call-overload]
-        globals()[self._name] = compiled
-        return getattr(compiled, attr)
+    return functools.cache(lambda: re.compile(pattern, flags))
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,27 +137,27 @@ def _pg_parens(levels: int) -> str:
 
 
 _PG_PARENS = _pg_parens(3)
-_PG_RUN = _Lazy("_PG_RUN", r"""(?:[^'"$;\-/()\\]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*+")
-_PG_RUN_IN_PARENS = _Lazy("_PG_RUN_IN_PARENS", r"""(?:[^'"$\-/()\\]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*+")
+_PG_RUN = _lazy(r"""(?:[^'"$;\-/()\\]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*+")
+_PG_RUN_IN_PARENS = _lazy(r"""(?:[^'"$\-/()\\]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*+")
 # In CREATE FUNCTION/PROCEDURE, also stop at BEGIN, CASE and END.
-_PG_RUN_ROUTINE = _Lazy("_PG_RUN_ROUTINE", 
+_PG_RUN_ROUTINE = _lazy(
     rf"""(?:[^'"$;\-/()\\{_IDSTART}]++"""
     rf"|(?!(?i:begin|case|end)(?![{_IDCH}]))[{_IDSTART}][{_IDCH}]*+"
     "|" + _PG_TOKENS + "|" + _PG_PARENS + ")*+"
 )
-_PG_WORD = _Lazy("_PG_WORD", rf"[{_IDSTART}][{_IDCH}]*+")
-_PG_DOLLAR = _Lazy("_PG_DOLLAR", rf"\$(?:[{_IDSTART}][0-9A-Za-z_\x80-\U0010ffff]*+)?\$")
-_PG_LEAD = _Lazy("_PG_LEAD", r"(?:\s++|--[^\n]*+|/\*(?:[^*/]++|\*(?!/)|/(?!\*))*+\*/)*+")
-_PG_NESTED = _Lazy("_PG_NESTED", r"/\*|\*/")
+_PG_WORD = _lazy(rf"[{_IDSTART}][{_IDCH}]*+")
+_PG_DOLLAR = _lazy(rf"\$(?:[{_IDSTART}][0-9A-Za-z_\x80-\U0010ffff]*+)?\$")
+_PG_LEAD = _lazy(r"(?:\s++|--[^\n]*+|/\*(?:[^*/]++|\*(?!/)|/(?!\*))*+\*/)*+")
+_PG_NESTED = _lazy(r"/\*|\*/")
 _PG_SEP = r"(?:\s++|--[^\n]*+|" + _BLOCK_COMMENT + ")+"
-_PG_COPY = _Lazy("_PG_COPY", rf"copy(?![{_IDCH}])", re.IGNORECASE)
+_PG_COPY = _lazy(rf"copy(?![{_IDCH}])", re.IGNORECASE)
 # FROM STDIN outside quotes and comments (those are blanked out first)
-_PG_FROM_STDIN = _Lazy("_PG_FROM_STDIN", rf"(?<![{_IDCH}])from\s+stdin(?![{_IDCH}])", re.IGNORECASE)
-_PG_QUOTED = _Lazy("_PG_QUOTED", _PG_TOKENS)
+_PG_FROM_STDIN = _lazy(rf"(?<![{_IDCH}])from\s+stdin(?![{_IDCH}])", re.IGNORECASE)
+_PG_QUOTED = _lazy(_PG_TOKENS)
 # psql's end-of-data line; copy.c accepts "\\.\n" and "\\.\r\n"
-_PG_COPY_END = _Lazy("_PG_COPY_END", r"^\\\.\r?(?:\n|\Z)", re.MULTILINE)
-_PG_META_SKIP = _Lazy("_PG_META_SKIP", r"\\(?:un)?restrict(?![^\s\\])")
-_PG_ROUTINE = _Lazy("_PG_ROUTINE", 
+_PG_COPY_END = _lazy(r"^\\\.\r?(?:\n|\Z)", re.MULTILINE)
+_PG_META_SKIP = _lazy(r"\\(?:un)?restrict(?![^\s\\])")
+_PG_ROUTINE = _lazy(
     rf"create{_PG_SEP}(?:or{_PG_SEP}replace{_PG_SEP})?(?:function|procedure)(?![{_IDCH}])",
     re.IGNORECASE,
 )
@@ -174,7 +166,7 @@ _PG_ROUTINE = _Lazy("_PG_ROUTINE",
 def _pg_comment_end(text: str, pos: int) -> int | None:
     """End of the (possibly nested) block comment opening at *pos*, or None if unterminated."""
     depth = 0
-    for m in _PG_NESTED.finditer(text, pos):
+    for m in _PG_NESTED().finditer(text, pos):
         if m.group() == "/*":
             depth += 1
         else:
@@ -186,13 +178,15 @@ def _pg_comment_end(text: str, pos: int) -> int | None:
 
 def _pg_from_stdin(statement: str) -> bool:
     """True for a COPY statement that reads its rows from the client (``FROM STDIN``)."""
-    blanked = _PG_QUOTED.sub(lambda m: " " if len(m.group()) > 1 else m.group(), statement)
-    return _PG_FROM_STDIN.search(blanked) is not None
+    blanked = _PG_QUOTED().sub(lambda m: " " if len(m.group()) > 1 else m.group(), statement)
+    return _PG_FROM_STDIN().search(blanked) is not None
 
 
 def _pg_skip_lead(text: str, pos: int) -> int:
+    lead = _PG_LEAD()
     while True:
-        pos = _PG_LEAD.match(text, pos).end()  # type: ignore[union-attr]
+        m = lead.match(text, pos)
+        pos = pos if m is None else m.end()
         if not text.startswith("/*", pos):
             return pos
         end = _pg_comment_end(text, pos)
@@ -215,7 +209,7 @@ def _pg_copy_in(text: str, first: int, end: int, n: int) -> tuple[list[tuple[int
     """
     eol = _pg_line_end(text, end)
     start = min(eol + 1, n)
-    m = _PG_COPY_END.search(text, start)
+    m = _PG_COPY_END().search(text, start)
     regions: list[tuple[int, ...]] = [(first, end, start, m.start() if m else n)]
     rest = text[end + 1:eol]
     if rest.strip():
@@ -224,6 +218,10 @@ def _pg_copy_in(text: str, first: int, end: int, n: int) -> tuple[list[tuple[int
 
 
 def _scan_postgresql(text: str) -> Iterator[tuple[int, ...]]:
+    meta_skip, routine_start, copy_start, dollar, word_at = (
+        _PG_META_SKIP(), _PG_ROUTINE(), _PG_COPY(), _PG_DOLLAR(), _PG_WORD()
+    )
+    run_plain, run_in_parens, run_routine = _PG_RUN(), _PG_RUN_IN_PARENS(), _PG_RUN_ROUTINE()
     n = len(text)
     pos = 0
     while True:
@@ -235,23 +233,24 @@ def _scan_postgresql(text: str) -> Iterator[tuple[int, ...]]:
             # \unrestrict into every plain dump (15.14 and later); psql's other commands are
             # yielded for the target to refuse.
             pos = _pg_line_end(text, first)
-            if _PG_META_SKIP.match(text, first) is None:
+            if meta_skip.match(text, first) is None:
                 yield first, pos
             continue
         # psql's heuristic: BEGIN ... END is tracked only in CREATE [OR REPLACE]
         # FUNCTION/PROCEDURE, at parenthesis depth 0, and CASE only inside a BEGIN.
-        routine = text[first] in "cC" and _PG_ROUTINE.match(text, first) is not None
-        copy = not routine and text[first] in "cC" and _PG_COPY.match(text, first) is not None
+        routine = text[first] in "cC" and routine_start.match(text, first) is not None
+        copy = not routine and text[first] in "cC" and copy_start.match(text, first) is not None
         parens = begins = 0
         pos = first
         while True:
             if parens:
-                run = _PG_RUN_IN_PARENS
+                run = run_in_parens
             elif routine:
-                run = _PG_RUN_ROUTINE
+                run = run_routine
             else:
-                run = _PG_RUN
-            pos = run.match(text, pos).end()  # type: ignore[union-attr]
+                run = run_plain
+            m = run.match(text, pos)
+            pos = pos if m is None else m.end()
             if pos >= n:
                 yield (first, n, n, n) if copy and _pg_from_stdin(text[first:n]) else (first, n)
                 return
@@ -281,7 +280,7 @@ def _scan_postgresql(text: str) -> Iterator[tuple[int, ...]]:
                 parens = max(parens - 1, 0)
                 pos += 1
             elif c == "$":
-                m = _PG_DOLLAR.match(text, pos)
+                m = dollar.match(text, pos)
                 if m is None:
                     pos += 1
                 else:
@@ -293,9 +292,13 @@ def _scan_postgresql(text: str) -> Iterator[tuple[int, ...]]:
             elif c in "'\"":
                 pos = n  # unterminated string or identifier
             else:
-                m = _PG_WORD.match(text, pos)
-                pos = m.end()  # type: ignore[union-attr]
-                word = m.group().lower()  # type: ignore[union-attr]
+                # the run pattern stopped before BEGIN, CASE or END
+                m = word_at.match(text, pos)
+                if m is None:  # not reached; never loop on a character
+                    pos += 1
+                    continue
+                pos = m.end()
+                word = m.group().lower()
                 if word == "begin":
                     begins += 1
                 elif word == "case":
@@ -318,10 +321,10 @@ _MY_TOKENS = (
 )
 _MY_COMMENT = r"#[^\n]*+|--(?=\s|\Z)[^\n]*+|" + _BLOCK_COMMENT
 # /*! and /*M! hold code the server runs, so they are never leading comments.
-_MY_LEAD = _Lazy("_MY_LEAD", r"(?:\s++|#[^\n]*+|--(?=\s|\Z)[^\n]*+|/\*(?!!|M!)(?:[^*]++|\*(?!/))*+\*/)*+")
-_MY_DELIMITER = _Lazy("_MY_DELIMITER", r"delimiter[ \t]+([^\n]*)", re.IGNORECASE)
+_MY_LEAD = _lazy(r"(?:\s++|#[^\n]*+|--(?=\s|\Z)[^\n]*+|/\*(?!!|M!)(?:[^*]++|\*(?!/))*+\*/)*+")
+_MY_DELIMITER = _lazy(r"delimiter[ \t]+([^\n]*)", re.IGNORECASE)
 _MY_QUOTED_NAME = r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|`[^`]*`"""
-_MY_COMPOUND = _Lazy("_MY_COMPOUND", 
+_MY_COMPOUND = _lazy(
     r"(?:create\s+(?:or\s+replace\s+)?"
     r"(?:definer\s*=\s*(?:current_user(?:\s*\(\s*\))?|(?:"
     + _MY_QUOTED_NAME
@@ -334,15 +337,15 @@ _MY_COMPOUND = _Lazy("_MY_COMPOUND",
     rf"(?![{_IDCH}])",
     re.IGNORECASE,
 )
-_MY_RUN_COMPOUND = _Lazy("_MY_RUN_COMPOUND", 
+_MY_RUN_COMPOUND = _lazy(
     rf"""(?:[^'"`#;\-/{_IDCH}]++"""
     # a word that is not BEGIN/CASE/END, or is a column (t.end)
     rf"|(?:(?<=\.)|(?!(?i:begin|case|end)(?![{_IDCH}])))[{_IDCH}]++"
     "|" + _MY_TOKENS + ")*+"
 )
-_MY_WORD = _Lazy("_MY_WORD", rf"[{_IDCH}]++")
+_MY_WORD = _lazy(rf"[{_IDCH}]++")
 # After END: IF/LOOP/WHILE/REPEAT/FOR close blocks whose openers were not counted.
-_MY_END_SUFFIX = _Lazy("_MY_END_SUFFIX", 
+_MY_END_SUFFIX = _lazy(
     r"(?:\s++|" + _MY_COMMENT + r")*+(?:(if|loop|while|repeat|for)|case)" + rf"(?![{_IDCH}])",
     re.IGNORECASE,
 )
@@ -382,16 +385,19 @@ def _my_delimiter_arg(rest: str) -> str:
 
 
 def _scan_mysql(text: str) -> Iterator[tuple[int, int]]:
+    lead, delimiter_line, compound_start = _MY_LEAD(), _MY_DELIMITER(), _MY_COMPOUND()
+    run_compound, word_at, end_suffix = _MY_RUN_COMPOUND(), _MY_WORD(), _MY_END_SUFFIX()
     n = len(text)
     pos = 0
     delimiter = ";"
     run = _my_run(delimiter)
     while True:
-        first = _MY_LEAD.match(text, pos).end()  # type: ignore[union-attr]
+        m = lead.match(text, pos)
+        first = pos if m is None else m.end()
         if first >= n:
             return
         if text[first] in "dD":
-            m = _MY_DELIMITER.match(text, first)
+            m = delimiter_line.match(text, first)
             if m is not None:
                 # the client eats the whole line; it is never sent to the server
                 delimiter = _my_delimiter_arg(m.group(1)) or delimiter
@@ -400,11 +406,12 @@ def _scan_mysql(text: str) -> Iterator[tuple[int, int]]:
                 continue
         # Only a ';' script needs compound depth: with a custom delimiter the
         # author has already marked where bodies end.
-        compound = delimiter == ";" and _MY_COMPOUND.match(text, first) is not None
+        compound = delimiter == ";" and compound_start.match(text, first) is not None
         depth = 0
         pos = first
         while True:
-            pos = (_MY_RUN_COMPOUND if compound else run).match(text, pos).end()  # type: ignore[union-attr]
+            m = (run_compound if compound else run).match(text, pos)
+            pos = pos if m is None else m.end()
             if pos >= n:
                 yield first, n
                 return
@@ -418,13 +425,17 @@ def _scan_mysql(text: str) -> Iterator[tuple[int, int]]:
             elif c in "'\"`/":
                 pos = n  # unterminated string, identifier or comment
             else:
-                m = _MY_WORD.match(text, pos)
-                pos = m.end()  # type: ignore[union-attr]
-                word = m.group().lower()  # type: ignore[union-attr]
+                # the run pattern stopped before BEGIN, CASE or END
+                m = word_at.match(text, pos)
+                if m is None:  # not reached; never loop on a character
+                    pos += 1
+                    continue
+                pos = m.end()
+                word = m.group().lower()
                 if word != "end":
                     depth += 1  # BEGIN or CASE
                     continue
-                suffix = _MY_END_SUFFIX.match(text, pos)
+                suffix = end_suffix.match(text, pos)
                 if suffix is not None:
                     pos = suffix.end()
                     if suffix.group(1):
@@ -451,12 +462,12 @@ def mysql_parts(statement: Statement) -> list[Statement]:
 
 # SQLite ends an unterminated /* or -- comment at the end of input without error.
 _SQ_COMMENT = r"--[^\n]*+|/\*(?:[^*]++|\*(?!/))*+(?:\*/|\Z)"
-_SQ_RUN = _Lazy("_SQ_RUN", 
+_SQ_RUN = _lazy(
     r"""(?:[^'"`\[;\-/]++|'[^']*+'|"[^"]*+"|`[^`]*+`|\[[^\]]*+\]|"""
     + _SQ_COMMENT
     + r"|-|/(?!\*))*+"
 )
-_SQ_LEAD = _Lazy("_SQ_LEAD", r"(?:\s++|" + _SQ_COMMENT + ")*+")
+_SQ_LEAD = _lazy(r"(?:\s++|" + _SQ_COMMENT + ")*+")
 # sqlite3_complete() is a state machine; a ';' that does not complete a statement
 # leaves it in the "';' inside a trigger body" state, whatever came before. This
 # prefix recreates that state, so each check reads only the text since the last ';'
@@ -465,17 +476,20 @@ _SQ_IN_TRIGGER = "CREATE TRIGGER;"
 
 
 def _scan_sqlite(text: str) -> Iterator[tuple[int, int]]:
+    lead, run = _SQ_LEAD(), _SQ_RUN()
     n = len(text)
     pos = 0
     complete = sqlite3.complete_statement
     while True:
-        first = _SQ_LEAD.match(text, pos).end()  # type: ignore[union-attr]
+        m = lead.match(text, pos)
+        first = pos if m is None else m.end()
         if first >= n:
             return
         pos = checked = first
         prefix = ""
         while True:
-            pos = _SQ_RUN.match(text, pos).end()  # type: ignore[union-attr]
+            m = run.match(text, pos)
+            pos = pos if m is None else m.end()
             if pos >= n:
                 yield first, n
                 return
