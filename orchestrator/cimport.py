@@ -21,7 +21,7 @@ from pathlib import Path
 
 from orchestrator.errors import ConfigError
 
-__all__ = ["convert", "import_dir", "NotConvertible"]
+__all__ = ["NotConvertible", "convert", "import_dir"]
 
 log = logging.getLogger("orchestrator")
 
@@ -325,10 +325,7 @@ def convert(source: str) -> list[str]:
         raise NotConvertible("defines no 'int up(const char* dbid)'")
     parser = _Body(body, dbid)
     parser.parse()
-    statements = []
-    for sql, line in parser.sql:
-        if sql.strip():
-            statements.append(sql)
+    statements = [sql for sql, _line in parser.sql if sql.strip()]
     if not statements:
         raise NotConvertible("up() sends no SQL (an untouched template?)")
     return statements

@@ -18,26 +18,35 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator import defaults
 from orchestrator.errors import ConfigError
 from orchestrator.redact import register_secret
 
 __all__ = [
+    "DRIVERS",
     "Config",
-    "SetSpec",
-    "DatabaseConfig",
-    "PostgresqlConfig",
-    "MysqlConfig",
-    "RedisConfig",
-    "SqliteConfig",
     "DaemonConfig",
+    "DatabaseConfig",
+    "MysqlConfig",
+    "PostgresqlConfig",
+    "RedisConfig",
+    "SetSpec",
+    "SqliteConfig",
     "load",
     "parse_duration",
-    "DRIVERS",
 ]
 
 DRIVERS = ("postgresql", "mysql", "redis", "sqlite")
@@ -159,7 +168,7 @@ class SqliteConfig(_Strict):
         return f"sqlite.{self.host_id}"
 
 
-DatabaseConfig = Union[PostgresqlConfig, MysqlConfig, RedisConfig, SqliteConfig]
+DatabaseConfig = PostgresqlConfig | MysqlConfig | RedisConfig | SqliteConfig
 
 
 class _Databases(_Strict):
@@ -304,7 +313,7 @@ def _json_path(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-class _Object(dict):  # type: ignore[type-arg]
+class _Object(dict[str, Any]):
     """A JSON object that remembers keys it held twice (json keeps the last one silently)."""
 
     duplicates: tuple[str, ...] = ()
@@ -314,7 +323,12 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> _Object:
     obj = _Object(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
-        obj.duplicates = tuple(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        twice: list[str] = []
+        for key, _ in pairs:
+            if key in seen:
+                twice.append(key)
+            seen.add(key)
+        obj.duplicates = tuple(twice)
     return obj
 
 
@@ -332,12 +346,12 @@ def _expand(node: Any, loc: tuple[Any, ...], env: dict[str, str], name: str) -> 
 
         return _Expanded(_ENV_REF.sub(sub, node)) if "${" in node else node
     if isinstance(node, list):
-        return [_expand(item, loc + (i,), env, name) for i, item in enumerate(node)]
+        return [_expand(item, (*loc, i), env, name) for i, item in enumerate(node)]
     if isinstance(node, dict):
-        if getattr(node, "duplicates", ()):
+        if isinstance(node, _Object) and node.duplicates:
             key = node.duplicates[0]
-            raise ConfigError(f"{name}: {_json_path(loc + (key,))}: appears twice in the same object; keep one")
-        return {key: _expand(value, loc + (key,), env, name) for key, value in node.items()}
+            raise ConfigError(f"{name}: {_json_path((*loc, key))}: appears twice in the same object; keep one")
+        return {key: _expand(value, (*loc, key), env, name) for key, value in node.items()}
     return node
 
 

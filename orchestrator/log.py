@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 from orchestrator.redact import RedactingFilter
 
@@ -18,7 +19,7 @@ FORMAT = "%(asctime)s.%(msecs)03d | %(levelname)s | %(name)s - %(message)s"
 DATE_FORMAT = "%H:%M:%S"
 
 
-def setup_logging(verbosity: int = 0, stream=None) -> None:
+def setup_logging(verbosity: int = 0, stream: TextIO | None = None) -> None:
     """Configure the root logger: ``verbosity`` -1 errors only, 0 info, 1+ debug."""
     level = logging.ERROR if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     handler = logging.StreamHandler(stream or sys.stderr)

@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 
-__all__ = ["register_secret", "redact", "RedactingFilter"]
+__all__ = ["RedactingFilter", "redact", "register_secret"]
 
 _MASK = "********"
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.I)

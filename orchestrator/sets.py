@@ -17,14 +17,15 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from orchestrator import defaults
 from orchestrator.errors import MigrationError, SetError
 
-__all__ = ["Migration", "MigrationSet", "Script", "discover", "numeric_order_warning", "ENGINE_FILES", "split_redis_args"]
+__all__ = ["ENGINE_FILES", "Migration", "MigrationSet", "Script", "discover", "numeric_order_warning", "split_redis_args"]
 
 log = logging.getLogger("sets")
 
@@ -74,7 +75,7 @@ class Script:
     _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def _stat_key(self) -> tuple[str, int, int]:
-        key = self._memo.get("stat")
+        key: tuple[str, int, int] | None = self._memo.get("stat")
         if key is not None:
             return key
         try:
@@ -89,7 +90,7 @@ class Script:
 
         Raises SetError for an unreadable or non-UTF-8 file or a misspelled directive.
         """
-        hit = self._memo.get("inspect")
+        hit: tuple[str, bool] | None = self._memo.get("inspect")
         if hit:
             return hit
         key = self._stat_key()
@@ -165,7 +166,7 @@ class Script:
 
     def text(self) -> str:
         """The whole file as text (BOM removed); SetError if unreadable."""
-        hit = self._memo.get("text")
+        hit: str | None = self._memo.get("text")
         if hit is not None:
             return hit
         try:
@@ -211,7 +212,8 @@ class Script:
         """
         key = "empty:" + driver
         if key in self._memo:
-            return self._memo[key]
+            known: str | None = self._memo[key]
+            return known
         reason = None
         if self.kind == "sql":
             if next(iter(self.statements(driver)), None) is None:
@@ -326,7 +328,8 @@ def split_redis_args(line: str) -> list[str | bytes]:
     argument. An argument is ``str``, or ``bytes`` when escapes make it invalid
     UTF-8. Raises ValueError for unbalanced quotes.
     """
-    data, i, args = line.encode("utf-8"), 0, []
+    data, i = line.encode("utf-8"), 0
+    args: list[bytes] = []
     n = len(data)
     while True:
         while i < n and data[i] in _SPACE:
@@ -556,7 +559,7 @@ def numeric_order_warning(migration_set: MigrationSet) -> str | None:
         if not match:
             return None
         numbers.append(int(match.group(1)))
-    for migration, number, previous in zip(migration_set.migrations[1:], numbers[1:], numbers):
+    for migration, number, previous in zip(migration_set.migrations[1:], numbers[1:], numbers, strict=False):
         if number < previous:
             return (
                 f"{migration_set.name}: numeric version prefixes are not zero-padded, so name order is not numeric order "
