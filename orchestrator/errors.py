@@ -1,34 +1,68 @@
-"""One error tree with one root, and the exit code each class maps to.
+"""One error tree with one root, and the one table of exit codes.
 
 Every error the project raises on purpose derives from :class:`OrchestratorError`;
-its ``exit_code`` is the CLI's exit status, mapped in exactly one place
-(``cli.main``). Messages are one line that says what, where and what next; they
-never hold a DSN or a password (``redact`` is applied once more on the way out).
+its ``exit_code`` is the CLI's exit status. A binding's state maps to an exit code
+through :func:`exit_code_for_state`, and several codes combine through
+:func:`worst_exit_code`: the CLI, the fleet report, ``validate`` and the daemon all
+use these, so the codes are defined here and nowhere else. Messages are one line
+that says what, where and what next; they never hold a DSN or a password
+(``redact`` is applied once more on the way out).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
-    "OrchestratorError",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
     "ConfigError",
-    "SetError",
-    "MigrationError",
     "FailedState",
     "LockHeld",
+    "MigrationError",
+    "OrchestratorError",
+    "SetError",
     "TargetUnreachable",
+    "exit_code_for_state",
+    "worst_exit_code",
 ]
+
+EXIT_OK = 0  # done, or current (pending counts too: status and plan only report it)
+EXIT_FAILED = 1  # a migration failed; a binding is failed, drifted or locked
+EXIT_USAGE = 2  # usage or config error, a set unreadable: nothing was attempted
+EXIT_UNREACHABLE = 3  # a target could not be reached
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+
+_STATE_EXIT_CODES = {"current": EXIT_OK, "pending": EXIT_OK, "failed": EXIT_FAILED, "drift": EXIT_FAILED,
+                     "unreachable": EXIT_UNREACHABLE, "locked": EXIT_FAILED}
+# When several outcomes meet, the most actionable wins: a config problem, then a failure, then a target down.
+_PRECEDENCE = (EXIT_USAGE, EXIT_FAILED, EXIT_UNREACHABLE)
+
+
+def exit_code_for_state(state: str) -> int:
+    """The exit code of one binding state (``current``, ``pending``, ``failed``, ``drift``, ``unreachable``, ``locked``)."""
+    return _STATE_EXIT_CODES[state]
+
+
+def worst_exit_code(codes: Iterable[int]) -> int:
+    """One exit code for many outcomes: 2 > 1 > 3 > 0."""
+    seen = set(codes)
+    return next((code for code in _PRECEDENCE if code in seen), EXIT_OK)
 
 
 class OrchestratorError(Exception):
     """Root of every error the project raises on purpose."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class ConfigError(OrchestratorError):
     """Bad config.json, bad command line: nothing was attempted (exit 2)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class SetError(ConfigError):
@@ -73,7 +107,7 @@ class LockHeld(OrchestratorError):
 class TargetUnreachable(OrchestratorError):
     """Could not connect to, or lost, a target (exit 3)."""
 
-    exit_code = 3
+    exit_code = EXIT_UNREACHABLE
 
     def __init__(self, dbid: str, cause: str):
         self.dbid = dbid
