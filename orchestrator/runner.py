@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from orchestrator import defaults
 from orchestrator.errors import ConfigError, FailedState, MigrationError
-from orchestrator.sets import Migration, MigrationSet
+from orchestrator.sets import Migration, MigrationSet, Script
 from orchestrator.targets import Applied, LedgerRow, Target
 
-__all__ = ["RunReport", "run", "pending_migrations", "blocking_row", "baseline", "resolve"]
+__all__ = ["RunReport", "baseline", "blocking_row", "pending_migrations", "resolve", "run"]
 
 log = logging.getLogger("migrations")
 
@@ -74,11 +74,14 @@ def run(
     config_name: str = "CONFIG",
     prefix: str = "",
     should_stop: Callable[[], bool] | None = None,
+    on_applied: Callable[[Applied], None] | None = None,
 ) -> RunReport:
     """Apply up to ``limit`` pending migrations (all when None) to a connected target.
 
     ``should_stop`` is asked before each migration: once it returns True the run
     starts no further migration (the daemon's graceful stop) and returns.
+    ``on_applied`` is told of each migration as soon as the target has committed
+    and recorded it, so a caller knows what was applied even when a later one raises.
     Raises MigrationError at the first failure (what was applied before it stays
     applied and recorded), FailedState, LockHeld or TargetUnreachable.
     """
@@ -99,16 +102,7 @@ def run(
         log.info("%sno new migrations", prefix)
         report.duration_ms = int((time.monotonic() - started) * 1000)
         return report
-    selected = pending if limit is None else pending[:limit]
-    # Every file this run will touch is checked before the first one runs.
-    scripts = []
-    for m in selected:  # in name order, so the first bad file is the one reported
-        script = m.script_for(target.driver)
-        script.prepare()
-        empty = script.emptiness(target.driver)
-        if empty is not None:
-            raise MigrationError(script.label, empty)
-        scripts.append(script)
+    scripts = _checked_scripts(pending if limit is None else pending[:limit], target.driver)
     with target.lock(set_id, lock_wait):
         target.ensure_ledger()
         rows = target.applied(set_id)  # again, under the lock: another runner may have been first
@@ -133,10 +127,25 @@ def run(
             report.applied.append(result)
             noun = "statement" if result.statements == 1 else "statements"
             log.info("%sapplied %s (%d %s, %d ms)", prefix, result.version, result.statements, noun, result.duration_ms)
+            if on_applied is not None:
+                on_applied(result)
     done = {a.version for a in report.applied}
     report.pending = [m.version for m in pending if m.version not in done and m.version not in rows]
     report.duration_ms = int((time.monotonic() - started) * 1000)
     return report
+
+
+def _checked_scripts(selected: list[Migration], driver: str) -> list[Script]:
+    """Every file this run will touch, checked before the first one runs, in name order (the first bad one is reported)."""
+    scripts = []
+    for m in selected:
+        script = m.script_for(driver)
+        script.prepare()
+        empty = script.emptiness(driver)
+        if empty is not None:
+            raise MigrationError(script.label, empty)
+        scripts.append(script)
+    return scripts
 
 
 def baseline(target: Target, migration_set: MigrationSet, version: str, lock_wait: float = defaults.LOCK_WAIT) -> list[str]:
@@ -185,7 +194,7 @@ def resolve(target: Target, migration_set: MigrationSet, version: str, action: s
             log.info("marked applied: %s", version)
         else:
             log.info("forgot: %s", version)
-    if action == "retry":
+    if action == "retry" and migration is not None:  # checked above: a retry always has its migration
         # Exactly this version, even if an older out-of-order file is pending too.
         only = replace(migration_set, migrations=(migration,))
         return run(target, only, lock_wait=lock_wait, config_name=config_name)
