@@ -15,12 +15,17 @@ import ast
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import MigrationError, OrchestratorError
-from orchestrator.fleet import _line, _load, _prepare, _SetInfo, _status_of
+from orchestrator.errors import MigrationError, OrchestratorError, exit_code_for_state, worst_exit_code
+from orchestrator.fleet import prepare, read_status
+from orchestrator.state import SetInfo, one_line
 
-__all__ = ["Validation", "validation"]
+if TYPE_CHECKING:
+    from orchestrator.config import Config
+
+__all__ = ["Validation", "validate", "validation"]
 
 
 @dataclass
@@ -35,15 +40,18 @@ class Validation:
 
     @property
     def exit_code(self) -> int:
-        """1 on any finding, else 3 when a ledger could not be checked, else 0."""
-        return 1 if self.findings else 3 if self.unreachable else 0
+        """A finding counts as a failed binding, a ledger not checked as an unreachable one (1 before 3, else 0)."""
+        codes = [exit_code_for_state("failed")] if self.findings else []
+        if self.unreachable:
+            codes.append(exit_code_for_state("unreachable"))
+        return worst_exit_code(codes)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "validate", "exit_code": self.exit_code, "sets": self.sets, "targets": self.targets,
                 "findings": list(self.findings), "unreachable": list(self.unreachable), "wall_ms": self.wall_ms}
 
 
-def _ignored_entries(info: _SetInfo) -> list[str]:
+def _ignored_entries(info: SetInfo) -> list[str]:
     from orchestrator.sets import ENGINE_FILES
 
     assert info.mset is not None
@@ -63,7 +71,7 @@ def _ignored_entries(info: _SetInfo) -> list[str]:
     return findings
 
 
-def _check_set(info: _SetInfo, drivers: dict[str, int]) -> list[str]:
+def _check_set(info: SetInfo, drivers: dict[str, int]) -> list[str]:
     """Every file of a set, for every engine it is bound to (``drivers``: engine -> bound targets)."""
     from orchestrator.sets import numeric_order_warning
 
@@ -80,7 +88,7 @@ def _check_set(info: _SetInfo, drivers: dict[str, int]) -> list[str]:
             try:
                 script = migration.script_for(driver)
             except MigrationError as exc:
-                findings.append(f"{_line(exc)}; {bound} {driver} target(s) are bound to {mset.name}")
+                findings.append(f"{one_line(exc)}; {bound} {driver} target(s) are bound to {mset.name}")
                 continue
             # A generic file is checked once, though each SQL dialect splits it on its own.
             if str(script.path) in seen:
@@ -95,15 +103,18 @@ def _check_set(info: _SetInfo, drivers: dict[str, int]) -> list[str]:
                         isinstance(node, ast.FunctionDef) and node.name == "up" for node in ast.parse(script.text()).body):
                     findings.append(f"{script.label}: defines no up(db) function")
             except OrchestratorError as exc:
-                findings.append(_line(exc))
+                findings.append(one_line(exc))
     return findings
 
 
-def validation(config: Any, set_name: str | None = None, target: str | None = None, workers: int | None = None,
-               config_name: str | None = None) -> Validation:
-    """Check the selected sets' files and every reachable target's ledger against them; changes nothing."""
+def validation(config: Config | str | Path, set_name: str | None = None, target: str | None = None,
+               workers: int | None = None, config_name: str | None = None) -> Validation:
+    """Check the selected sets' files and every reachable target's ledger against them; changes nothing.
+
+    ``config`` is a loaded Config or a path to config.json.
+    """
     started = time.monotonic()
-    run = _prepare(_load(config), set_name, target, None, None, config_name=config_name)
+    run = prepare(config, set_name, target, config_name=config_name)
     result = Validation([], [], sets=len(run.infos), targets=len(run.groups))
     for info in run.infos.values():
         drivers: dict[str, int] = {}
@@ -112,7 +123,7 @@ def validation(config: Any, set_name: str | None = None, target: str | None = No
                 driver = dbid.split(".", 1)[0]
                 drivers[driver] = drivers.get(driver, 0) + 1
         result.findings.extend(_check_set(info, drivers))
-    for b in _status_of(run, workers).bindings:
+    for b in read_status(run, workers).bindings:
         if b.set_error:
             continue  # already a finding of the set
         if b.state == "unreachable":
@@ -122,3 +133,9 @@ def validation(config: Any, set_name: str | None = None, target: str | None = No
         result.findings.extend(b.drift)
     result.wall_ms = int((time.monotonic() - started) * 1000)
     return result
+
+
+def validate(config: Config | str | Path, set_name: str | None = None, target: str | None = None) -> list[str]:
+    """One line per finding (file problems, drift, failed rows, unreachable targets); empty when clean."""
+    result = validation(config, set_name, target)
+    return result.findings + result.unreachable

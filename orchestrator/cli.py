@@ -3,9 +3,11 @@
 ``create`` and ``up`` keep the C Web Framework ``migrate`` syntax; ``resolve``,
 ``baseline``, fleet commands (``catch-up``, ``status``, ``plan``, ``validate``)
 and ``daemon`` build on the same runner. Errors become one redacted line on
-stderr; the exit code comes from the error's class, mapped here and only here:
-0 done or current, 1 a migration failed or a target is failed/drifted/locked,
-2 usage or config error, 3 a target unreachable.
+stderr; the exit code comes from the error's class or the fleet report, both from
+the one table in :mod:`orchestrator.errors`: 0 done or current, 1 a migration failed
+or a target is failed/drifted/locked, 2 usage or config error, 3 a target unreachable.
+All argument handling lives here; :mod:`orchestrator.fleet` and
+:mod:`orchestrator.checks` take plain values.
 """
 
 from __future__ import annotations
@@ -14,14 +16,20 @@ import argparse
 import logging
 import re
 import sys
-from datetime import datetime, timezone
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import __version__
-from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, OrchestratorError
 from orchestrator.log import setup_logging
 from orchestrator.redact import redact
+
+if TYPE_CHECKING:
+    from orchestrator.config import Config
+    from orchestrator.state import BindingStatus
 
 __all__ = ["main"]
 
@@ -42,7 +50,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="debug output (-vv for library debug)")
     common.add_argument("-q", "--quiet", action="store_true", help="errors only")
     parser = _Parser(prog="orchestrator", description="Keeps the schemas of a fleet of databases current.", parents=[common])
@@ -140,7 +148,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
         problem = "is not a folder" if folder.exists() else "does not exist"
         raise ConfigError(f"create: {folder} {problem} (sets in {config.path.name}: {', '.join(sorted(config.sets)) or 'none'})")
     kind = args.kind or "sql"
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d_%H-%M-%S")
     path = folder / f"{stamp}_{args.name}.{kind}"
     try:
         with path.open("x", encoding="utf-8") as fh:
@@ -148,7 +156,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
     except FileExistsError:
         raise ConfigError(f"create: {path} already exists; wait a second or pick another name") from None
     print(path)
-    return 0
+    return EXIT_OK
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -181,7 +189,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             config_name=config_path)
     finally:
         target.close()
-    return 0
+    return EXIT_OK
 
 
 def _with_target(args: argparse.Namespace, action: Any) -> Any:
@@ -201,7 +209,7 @@ def _cmd_resolve(args: argparse.Namespace) -> int:
     from orchestrator.runner import resolve
 
     _with_target(args, lambda target, mset: resolve(target, mset, args.version, args.action, config_name=args.config))
-    return 0
+    return EXIT_OK
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
@@ -209,13 +217,66 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
     recorded = _with_target(args, lambda target, mset: baseline(target, mset, args.version))
     log.info("baseline: %d migration(s) recorded as applied up to %s", len(recorded), args.version)
-    return 0
+    return EXIT_OK
+
+
+def _check_fleet_args(config: Config, args: argparse.Namespace) -> None:
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"usage: --workers must be at least 1, not {workers}")
+    if args.target is not None and not config.bindings(args.set_name, args.target):
+        # As with an unknown --set: a filter that selects nothing is a mistake, not a clean run.
+        bound = sorted({dbid for _, dbid in config.bindings(args.set_name)})
+        where = f"set {args.set_name!r}" if args.set_name else "any set"
+        shown = ", ".join(bound[:10]) + (f" and {len(bound) - 10} more" if len(bound) > 10 else "")
+        raise ConfigError(f"{config.path.name}: --target {args.target!r} matches no target bound to {where} "
+                          f"(bound: {shown or 'none'})")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from orchestrator import render
+    from orchestrator.checks import validation
+    from orchestrator.config import load
+
+    config = load(args.config)
+    _check_fleet_args(config, args)
+    result = validation(config, args.set_name, args.target, config_name=args.config)
+    render.validation(result, sys.stdout, as_json=args.json)
+    return result.exit_code
 
 
 def _cmd_fleet(args: argparse.Namespace) -> int:
-    from orchestrator import fleet
+    """``catch-up``, ``status`` and ``plan``: one log line per binding as it ends, then the report."""
+    from orchestrator import defaults, fleet, render
+    from orchestrator.config import load
 
-    return fleet.command(args)
+    config = load(args.config)
+    _check_fleet_args(config, args)
+    per_target: dict[str, int] = {}  # bindings per selected target: the bar advances when a target's last one ends
+    for _, dbid in config.bindings(args.set_name, args.target):
+        per_target[dbid] = per_target.get(dbid, 0) + 1
+    with render.progress(len(per_target), args.command, enabled=not args.json) as advance:
+        done: dict[str, int] = {}
+        guard = threading.Lock()
+
+        def on_result(st: BindingStatus) -> None:
+            render.binding_line(st, args.command)
+            with guard:
+                done[st.dbid] = done.get(st.dbid, 0) + 1
+                finished = done[st.dbid] == per_target.get(st.dbid, 0)
+            if finished:
+                advance()
+
+        workers: int | None = getattr(args, "workers", None)
+        if args.command == "catch-up":
+            report = fleet.catch_up(config, args.set_name, args.target, workers, on_result=on_result,
+                                    lock_wait=defaults.LOCK_WAIT if args.lock_wait is None else args.lock_wait,
+                                    config_name=args.config)
+        else:
+            read = fleet.plan if args.command == "plan" else fleet.status
+            report = read(config, args.set_name, args.target, workers, on_result=on_result, config_name=args.config)
+    render.report(report, sys.stdout, as_json=args.json)
+    return report.exit_code
 
 
 def _cmd_import_c(args: argparse.Namespace) -> int:
@@ -226,7 +287,7 @@ def _cmd_import_c(args: argparse.Namespace) -> int:
         print(line)
     for line in failed:
         logging.getLogger("orchestrator").error("%s", line)
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
@@ -243,7 +304,7 @@ _COMMANDS = {
     "catch-up": _cmd_fleet,
     "status": _cmd_fleet,
     "plan": _cmd_fleet,
-    "validate": _cmd_fleet,
+    "validate": _cmd_validate,
     "daemon": _cmd_daemon,
     "import-c": _cmd_import_c,
 }
@@ -262,8 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         logging.getLogger("orchestrator").error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: still one line, the traceback only with -v
         logging.getLogger("orchestrator").error("internal error: %s: %s", type(exc).__name__, redact(str(exc)),
                                                 exc_info=verbosity > 0)
-        return 1
+        return EXIT_FAILED

@@ -1,4 +1,4 @@
-"""Many bindings at once: catch-up, status, plan and validate over the whole fleet.
+"""Many bindings at once: status, plan and catch-up over the whole fleet.
 
 A binding is one (set, target) pair from config.json. Work is grouped per
 target: one task per target on a bounded thread pool, one connection per target
@@ -7,7 +7,12 @@ fleet run never opens more than ``workers`` connections, and two sets of one
 database never contend for it). A failed, locked or unreachable target costs
 only its own worker for its own timeout. Every answer is read from the ledgers
 in the targets themselves; status and plan open targets read-only and change
-nothing. Rendering (tables, progress, summary) lives in :mod:`orchestrator.render`.
+nothing.
+
+What a state means lives in :mod:`orchestrator.state`, how it looks in
+:mod:`orchestrator.render`, the command line in :mod:`orchestrator.cli`, and
+``validate`` in :mod:`orchestrator.checks` (built on :func:`prepare` and
+:func:`read_status`).
 """
 
 from __future__ import annotations
@@ -16,105 +21,28 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import defaults
-from orchestrator.errors import ConfigError, LockHeld, OrchestratorError, SetError, TargetUnreachable
+from orchestrator.config import Config, load
+from orchestrator.errors import ConfigError, LockHeld, OrchestratorError, TargetUnreachable
+from orchestrator.runner import blocking_row
+from orchestrator.runner import run as run_set
+from orchestrator.state import STATES, BindingStatus, FleetReport, SetInfo, assess, one_line
 
 if TYPE_CHECKING:
-    from orchestrator.config import Config, SetSpec
-    from orchestrator.sets import MigrationSet, Script
     from orchestrator.targets import Applied, LedgerRow, Target
 
-__all__ = ["BindingStatus", "FleetReport", "status", "plan", "catch_up", "validate", "validation", "shard_of", "command",
-           "STATES"]
+__all__ = ["STATES", "BindingStatus", "FleetReport", "Run", "catch_up", "plan", "prepare", "read_status", "shard_of",
+           "status"]
 
 log = logging.getLogger("fleet")
 
-STATES = ("current", "pending", "failed", "drift", "unreachable", "locked")
-_SEVERITY = {"current": 0, "pending": 0, "unreachable": 3, "locked": 1, "drift": 1, "failed": 1}
-
-
-@dataclass
-class BindingStatus:
-    """The state of one (set, target) binding, as status/plan/catch-up report it."""
-
-    set_id: str
-    dbid: str
-    state: str  # one of STATES
-    applied: int = 0  # migrations of the set recorded as applied in the target
-    pending: list[str] = field(default_factory=list)  # versions still to apply, in apply order
-    out_of_order: list[str] = field(default_factory=list)  # pending versions older than the newest applied
-    last_version: str | None = None  # newest applied version
-    last_apply_time: int | None = None  # Unix seconds of the most recent apply
-    error: str | None = None  # one redacted line
-    drift: list[str] = field(default_factory=list)  # one line per finding
-    applied_now: list[str] = field(default_factory=list)  # versions this run applied (catch-up)
-    duration_ms: int = 0
-    driver: str = ""
-    apply: str = "auto"  # the set's apply mode: "auto" or "report" (catch-up only reports pending)
-    holder: str | None = None  # who holds the (target, set) lock, when state is locked
-    set_error: bool = False  # the set itself is unreadable (a config problem, exit 2)
-    waiting: bool = False  # a pending file holds nothing to run (e.g. an untouched template): nothing applied until it changes
-
-    @property
-    def exit_code(self) -> int:
-        return 2 if self.set_error else _SEVERITY[self.state]
-
-    def to_json(self) -> dict[str, Any]:
-        from orchestrator.render import utc
-
-        return {
-            "set": self.set_id, "target": self.dbid, "driver": self.driver, "apply": self.apply, "state": self.state,
-            "applied": self.applied, "pending": list(self.pending), "out_of_order": list(self.out_of_order),
-            "last_version": self.last_version, "last_apply_time": self.last_apply_time,
-            "last_apply_utc": utc(self.last_apply_time), "applied_now": list(self.applied_now),
-            "drift": list(self.drift), "holder": self.holder, "error": self.error, "waiting": self.waiting,
-            "duration_ms": self.duration_ms,
-        }
-
-
-@dataclass
-class FleetReport:
-    """Every selected binding's outcome, in config order, plus the run's wall time."""
-
-    bindings: list[BindingStatus]
-    wall_ms: int = 0
-    command: str = "status"
-
-    @property
-    def exit_code(self) -> int:
-        """Worst binding wins, in this precedence: 2 (a set unreadable) > 1 (failed, drift, locked) > 3 (unreachable) > 0."""
-        codes = {b.exit_code for b in self.bindings}
-        if self.command == "plan" and any(b.state == "pending" and b.error and b.apply == "auto" for b in self.bindings):
-            codes.add(1)  # catch-up would fail there: a pending migration has no usable file for the engine
-        if self.command == "catch-up" and any(b.state == "pending" and b.waiting for b in self.bindings):
-            codes.add(1)  # a pending file holds nothing to run: it was not applied
-        for code in (2, 1, 3):
-            if code in codes:
-                return code
-        return 0
-
-    @property
-    def targets(self) -> list[str]:
-        return list(dict.fromkeys(b.dbid for b in self.bindings))
-
-    def counts(self) -> dict[str, int]:
-        """Bindings per state, plus ``applied`` (bindings that applied something and ended well) and ``migrations_applied``."""
-        out = {state: 0 for state in STATES}
-        for b in self.bindings:
-            out[b.state] += 1
-        out["applied"] = sum(1 for b in self.bindings if b.applied_now and b.state in ("current", "pending", "drift"))
-        out["migrations_applied"] = sum(len(b.applied_now) for b in self.bindings)
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "command": self.command, "exit_code": self.exit_code, "wall_ms": self.wall_ms,
-            "targets": len(self.targets), "summary": self.counts(), "bindings": [b.to_json() for b in self.bindings],
-        }
+OnResult = Callable[[BindingStatus], None]
 
 
 def shard_of(dbid: str, shards: int) -> int:
@@ -125,153 +53,18 @@ def shard_of(dbid: str, shards: int) -> int:
     return int.from_bytes(hashlib.sha1(dbid.encode("utf-8")).digest()[:8], "big") % shards
 
 
-# -- what the sets hold, computed once per run ---------------------------------
-
-
-class _SetInfo:
-    """One set as discovered for this run, with per-engine scripts and checksums cached for all workers."""
-
-    def __init__(self, spec: SetSpec):
-        from orchestrator.sets import discover
-
-        self.spec = spec
-        self.error: str | None = None
-        self.mset: MigrationSet | None = None
-        self._scripts: dict[tuple[str, str], tuple[Script | None, str | None]] = {}
-        self._expected: dict[str, dict[str, str | None]] = {}
-        self._guard = threading.Lock()
-        self.versions: frozenset[str] = frozenset()
-        try:
-            self.mset = discover(spec.name, spec.folder)
-            self.versions = frozenset(self.mset.versions)
-        except SetError as exc:
-            self.error = _line(exc)
-
-    def expected(self, driver: str) -> dict[str, str | None]:
-        """version -> checksum of the file an engine runs (None: no usable file); computed once per run."""
-        hit = self._expected.get(driver)
-        if hit is None:
-            with self._guard:  # taken once per engine; later reads are plain dict reads
-                hit = self._expected.get(driver)
-                if hit is None:
-                    hit = {}
-                    for version in (self.mset.versions if self.mset else ()):
-                        script, _ = self.script(driver, version)
-                        hit[version] = script.checksum if script else None
-                    self._expected[driver] = hit
-        return hit
-
-    def empty(self, driver: str, version: str) -> str | None:
-        """One line when a version's file holds nothing to run on an engine (see Script.emptiness), else None."""
-        script, _ = self.script(driver, version)
-        if script is None:
-            return None
-        try:
-            reason = script.emptiness(driver)
-        except OrchestratorError:
-            return None  # an unreadable file is reported by the run that reads it
-        return f"{script.label}: {reason}" if reason else None
-
-    def script(self, driver: str, version: str) -> tuple[Script | None, str | None]:
-        """(script, None) or (None, one-line reason) for a version on an engine; checksum read once."""
-        key = (driver, version)
-        hit = self._scripts.get(key)  # no lock: a dict read is atomic, a race only computes twice
-        if hit is not None:
-            return hit
-        migration = self.mset.get(version) if self.mset else None
-        result: tuple[Script | None, str | None]
-        if migration is None:
-            result = (None, f"{self.spec.name}/{version}: not in the set")
-        else:
-            try:
-                script = migration.script_for(driver)
-                script.inspect()
-                result = (script, None)
-            except OrchestratorError as exc:
-                result = (None, _line(exc))
-        self._scripts[key] = result
-        return result
-
-
-def _line(exc: BaseException) -> str:
-    from orchestrator.redact import redact
-
-    text = str(exc).strip() or type(exc).__name__
-    return redact(" ".join(text.split()))
-
-
-def _assess(info: _SetInfo, dbid: str, driver: str, rows: dict[str, LedgerRow], holder: str | None,
-            config_name: str) -> BindingStatus:
-    """A binding's state from its ledger rows and the set's files (pure: no I/O beyond cached file checksums)."""
-    from orchestrator.runner import blocking_row, pending_migrations
-
-    spec = info.spec
-    st = BindingStatus(spec.name, dbid, "current", driver=driver, apply=spec.apply)
-    assert info.mset is not None
-    in_set = info.versions
-    expected = info.expected(driver)
-    done = [r for v, r in rows.items() if r.status == "applied" and (not r.legacy or v in in_set)]
-    st.applied = len(done)
-    if done:
-        st.last_version = max(r.version for r in done)
-        st.last_apply_time = max(r.apply_time for r in done) or None
-    pending, st.out_of_order = pending_migrations(info.mset, rows)
-    st.pending = [m.version for m in pending]
-    for version in st.pending:
-        if expected[version] is None:
-            st.error = f"would fail: {info.script(driver, version)[1]}"
-            break
-        if (empty := info.empty(driver, version)) is not None:
-            # Never applied or recorded: the binding waits for the file to change (the daemon's watcher sees it).
-            st.error, st.waiting = f"waiting: {empty}", True
-            break
-    for version, row in rows.items():
-        if row.legacy or row.status != "applied":
-            continue  # adopted C-tool rows are not this set's to judge
-        if version not in in_set:
-            st.drift.append(f"{spec.name}/{version}: applied on {dbid} but missing from the set")
-        elif row.checksum and expected[version] != row.checksum:  # a baseline without a file has none
-            script, problem = info.script(driver, version)
-            if script is None:
-                st.drift.append(f"{problem} (applied on {dbid})")
-            else:
-                st.drift.append(f"{script.label}: changed since it was applied on {dbid} "
-                                f"(checksum {row.checksum[:12]}, file now {script.checksum[:12]})")
-    blocked = blocking_row(rows)
-    if blocked is not None and blocked.status == "running" and holder is not None:
-        blocked = None  # a live runner holds the lock: the migration is in flight, not interrupted
-    if blocked is not None:
-        st.state = "failed"
-        what = "failed" if blocked.status == "failed" else "was interrupted (state running)"
-        where = f" at statement {blocked.statement}" if blocked.statement else ""
-        reason = f": {blocked.error}" if blocked.error else ""
-        st.error = _line(Exception(
-            f"{dbid}/{spec.name}: {blocked.version} {what}{where}{reason}; fix the database, then run "
-            f"'orchestrator resolve {config_name} {dbid} {spec.name} {blocked.version} --retry|--mark-applied|--forget'"))
-    elif st.drift:
-        st.state = "drift"
-        st.error = st.drift[0] + (f" (and {len(st.drift) - 1} more)" if len(st.drift) > 1 else "")
-    elif holder is not None:
-        st.state = "locked"
-        st.holder = holder
-        st.error = f"{dbid}/{spec.name} locked" + (f" by {holder}" if holder else "") + "; another runner is applying this set"
-    elif st.pending:
-        st.state = "pending"
-    return st
-
-
-# -- running over the fleet ----------------------------------------------------
+# -- one run: what its workers share --------------------------------------------
 
 
 @dataclass
-class _Run:
-    """What every worker of one fleet run shares."""
+class Run:
+    """The selected bindings of one fleet run and what every worker of it shares."""
 
     config: Config
-    infos: dict[str, _SetInfo]
+    infos: dict[str, SetInfo]  # set name -> the set as read once for this run
     groups: dict[str, list[str]]  # dbid -> set names bound to it, in config order
     config_name: str
-    on_result: Callable[[BindingStatus], None] | None = None
+    on_result: OnResult | None = None
     should_stop: Callable[[], bool] | None = None
     slots: threading.Semaphore | None = None  # shared by concurrent runs (the daemon's sets): one per open target
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -287,31 +80,34 @@ class _Run:
                 log.exception("result listener failed for %s/%s", st.dbid, st.set_id)
 
 
-def _load(config: Any) -> Config:
-    from orchestrator.config import Config, load
-
-    return config if isinstance(config, Config) else load(config)
-
-
-def _prepare(config: Config, set_name: str | None, target: str | None, shard: tuple[int, int] | None,
-             skip: Callable[[str, str], bool] | None, **kw: Any) -> _Run:
+def prepare(config: Config | str | Path, set_name: str | None = None, target: str | None = None,
+            shard: tuple[int, int] | None = None, skip: Callable[[str, str], bool] | None = None, *,
+            on_result: OnResult | None = None, should_stop: Callable[[], bool] | None = None,
+            config_name: str | None = None, slots: threading.Semaphore | None = None) -> Run:
+    """Select the bindings of a run (by set, target glob, shard and ``skip(set, dbid)``) and read their sets once."""
+    config = config if isinstance(config, Config) else load(config)
     if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
         raise ConfigError(f"bad shard {shard[0]}/{shard[1]}: expected I/N with 0 <= I < N")
     groups: dict[str, list[str]] = {}
-    infos: dict[str, _SetInfo] = {}
+    infos: dict[str, SetInfo] = {}
     for spec, dbid in config.bindings(set_name, target):
         if shard is not None and shard_of(dbid, shard[1]) != shard[0]:
             continue
         if skip is not None and skip(spec.name, dbid):
             continue
         if spec.name not in infos:
-            infos[spec.name] = _SetInfo(spec)
+            infos[spec.name] = SetInfo(spec)
         groups.setdefault(dbid, []).append(spec.name)
-    return _Run(config, infos, groups, kw.pop("config_name", None) or str(config.path.name), **kw)
+    return Run(config, infos, groups, config_name or str(config.path.name), on_result=on_result,
+               should_stop=should_stop, slots=slots)
 
 
-def _fan_out(run: _Run, work: Callable[[_Run, str], list[BindingStatus]], workers: int | None,
-             command: str) -> FleetReport:
+# -- fan-out over the targets ----------------------------------------------------
+
+Work = Callable[[Run, str], list[BindingStatus]]
+
+
+def _fan_out(run: Run, work: Work, workers: int | None, command: str) -> FleetReport:
     """Run ``work`` once per target on a bounded pool; results come back in config order."""
     started = time.monotonic()
     order = {(spec.name, dbid): i for i, (spec, dbid) in enumerate(run.config.bindings())}
@@ -332,7 +128,7 @@ def _fan_out(run: _Run, work: Callable[[_Run, str], list[BindingStatus]], worker
     return FleetReport(results, int((time.monotonic() - started) * 1000), command)
 
 
-def _in_slot(run: _Run, work: Callable[[_Run, str], list[BindingStatus]], dbid: str) -> list[BindingStatus]:
+def _in_slot(run: Run, work: Work, dbid: str) -> list[BindingStatus]:
     if run.slots is None:
         return work(run, dbid)
     with run.slots:
@@ -342,14 +138,14 @@ def _in_slot(run: _Run, work: Callable[[_Run, str], list[BindingStatus]], dbid: 
 def _failure_state(dbid: str, target: Target | None, exc: BaseException) -> tuple[str, str]:
     """(state, message) for an exception met while working on a target."""
     if isinstance(exc, TargetUnreachable):
-        return "unreachable", _line(exc)
+        return "unreachable", one_line(exc)
     if isinstance(exc, LockHeld):
-        return "locked", _line(exc)
+        return "locked", one_line(exc)
     if isinstance(exc, OrchestratorError):
-        return ("unreachable" if _connection_lost(target, exc) else "failed"), _line(exc)
+        return ("unreachable" if _connection_lost(target, exc) else "failed"), one_line(exc)
     if _connection_lost(target, exc):
-        return "unreachable", f"{dbid}: connection lost: {_line(exc)}"
-    return "failed", f"{dbid}: {type(exc).__name__}: {_line(exc)}"
+        return "unreachable", f"{dbid}: connection lost: {one_line(exc)}"
+    return "failed", f"{dbid}: {type(exc).__name__}: {one_line(exc)}"
 
 
 def _connection_lost(target: Any, exc: BaseException) -> bool:
@@ -368,7 +164,12 @@ def _connection_lost(target: Any, exc: BaseException) -> bool:
     return False
 
 
-def _open(run: _Run, dbid: str, readonly: bool) -> Target:
+# -- the per-target worker -------------------------------------------------------
+
+Body = Callable[["Target", SetInfo, str], BindingStatus]
+
+
+def _open(run: Run, dbid: str, readonly: bool) -> Target:
     from orchestrator.targets import open_target
 
     target = open_target(run.config.databases[dbid], run.config.table)
@@ -376,17 +177,9 @@ def _open(run: _Run, dbid: str, readonly: bool) -> Target:
     return target
 
 
-def _per_binding(run: _Run, dbid: str, readonly: bool,
-                 body: Callable[[Target, _SetInfo, str], BindingStatus]) -> list[BindingStatus]:
+def _per_binding(run: Run, dbid: str, readonly: bool, body: Body) -> list[BindingStatus]:
     """Connect once, then ``body`` per set of this target; a lost or refused connection marks the rest unreachable."""
-    driver = dbid.split(".", 1)[0]
     out: list[BindingStatus] = []
-
-    def finish(st: BindingStatus, started: float) -> None:
-        st.duration_ms = int((time.monotonic() - started) * 1000)
-        out.append(st)
-        run.emit(st)
-
     if run.stop_requested():
         return out
     target: Target | None = None
@@ -398,32 +191,46 @@ def _per_binding(run: _Run, dbid: str, readonly: bool,
         down = _failure_state(dbid, None, exc)
     try:
         for set_name in run.groups[dbid]:
-            info = run.infos[set_name]
             if down is None and run.stop_requested():
                 break
-            st_started = time.monotonic()
-            if info.error is not None:
-                finish(BindingStatus(set_name, dbid, "failed", error=info.error, driver=driver, apply=info.spec.apply,
-                                     set_error=True), st_started)
-                continue
-            if down is not None:
-                finish(BindingStatus(set_name, dbid, down[0], error=down[1], driver=driver, apply=info.spec.apply),
-                       started if not out else st_started)
-                continue
-            assert target is not None
-            try:
-                st = body(target, info, driver)
-            except Exception as exc:
-                state, message = _failure_state(dbid, target, exc)
-                st = BindingStatus(set_name, dbid, state, error=message, driver=driver, apply=info.spec.apply)
-            if st.state == "unreachable":
+            info = run.infos[set_name]
+            # The first binding of a target that could not be opened carries the time spent trying.
+            st_started = started if down is not None and info.error is None and not out else time.monotonic()
+            st = _not_tried(info, dbid, down) or _one_binding(info, dbid, target, body)
+            if st.state == "unreachable" and down is None:
                 # Each further attempt would wait out the timeout again; the next run retries.
                 down = ("unreachable", f"{dbid}: not tried: the connection was lost earlier in this run")
-            finish(st, st_started)
+            st.duration_ms = int((time.monotonic() - st_started) * 1000)
+            out.append(st)
+            run.emit(st)
     finally:
         if target is not None:
             target.close()
     return out
+
+
+def _not_tried(info: SetInfo, dbid: str, down: tuple[str, str] | None) -> BindingStatus | None:
+    """The binding's state when its set is unreadable or its target is down; None when it is to be worked on."""
+    driver = dbid.split(".", 1)[0]
+    if info.error is not None:
+        return BindingStatus(info.spec.name, dbid, "failed", error=info.error, driver=driver, apply=info.spec.apply,
+                             set_error=True)
+    if down is not None:
+        return BindingStatus(info.spec.name, dbid, down[0], error=down[1], driver=driver, apply=info.spec.apply)
+    return None
+
+
+def _one_binding(info: SetInfo, dbid: str, target: Target | None, body: Body) -> BindingStatus:
+    driver = dbid.split(".", 1)[0]
+    assert target is not None, "a binding is worked on only with its target open"
+    try:
+        return body(target, info, driver)
+    except Exception as exc:
+        state, message = _failure_state(dbid, target, exc)
+        return BindingStatus(info.spec.name, dbid, state, error=message, driver=driver, apply=info.spec.apply)
+
+
+# -- status and plan -------------------------------------------------------------
 
 
 def _ledger_and_holder(target: Target, set_id: str) -> tuple[dict[str, LedgerRow], str | None]:
@@ -434,8 +241,6 @@ def _ledger_and_holder(target: Target, set_id: str) -> tuple[dict[str, LedgerRow
     after the lock was seen free, and the holder once more if the row is still there
     (a new run may have started meanwhile).
     """
-    from orchestrator.runner import blocking_row
-
     rows = target.applied(set_id)
     holder = target.holder(set_id)
     blocked = blocking_row(rows)
@@ -447,13 +252,19 @@ def _ledger_and_holder(target: Target, set_id: str) -> tuple[dict[str, LedgerRow
     return rows, holder
 
 
-def _read_binding(run: _Run, target: Target, info: _SetInfo, driver: str) -> BindingStatus:
+def _read_binding(run: Run, target: Target, info: SetInfo, driver: str) -> BindingStatus:
     rows, holder = _ledger_and_holder(target, info.spec.name)
-    return _assess(info, target.dbid, driver, rows, holder, run.config_name)
+    return assess(info, target.dbid, driver, rows, holder, run.config_name)
 
 
-def status(config: Any, set_name: str | None = None, target: str | None = None, workers: int | None = None,
-           shard: tuple[int, int] | None = None, on_result: Callable[[BindingStatus], None] | None = None,
+def read_status(run: Run, workers: int | None = None) -> FleetReport:
+    """Read every binding of a prepared run (read-only)."""
+    return _fan_out(run, lambda r, dbid: _per_binding(r, dbid, True, lambda t, i, d: _read_binding(r, t, i, d)),
+                    workers, "status")
+
+
+def status(config: Config | str | Path, set_name: str | None = None, target: str | None = None,
+           workers: int | None = None, shard: tuple[int, int] | None = None, on_result: OnResult | None = None,
            skip: Callable[[str, str], bool] | None = None, config_name: str | None = None,
            slots: threading.Semaphore | None = None) -> FleetReport:
     """Read every binding's ledger (read-only, nothing created or changed).
@@ -462,18 +273,12 @@ def status(config: Any, set_name: str | None = None, target: str | None = None, 
     the targets with ``shard_of(dbid, n) == i``. ``on_result`` is called from the
     worker threads as each binding is read.
     """
-    config = _load(config)
-    run = _prepare(config, set_name, target, shard, skip, on_result=on_result, config_name=config_name, slots=slots)
-    return _status_of(run, workers)
+    run = prepare(config, set_name, target, shard, skip, on_result=on_result, config_name=config_name, slots=slots)
+    return read_status(run, workers)
 
 
-def _status_of(run: _Run, workers: int | None) -> FleetReport:
-    return _fan_out(run, lambda r, dbid: _per_binding(r, dbid, True, lambda t, i, d: _read_binding(r, t, i, d)),
-                    workers, "status")
-
-
-def plan(config: Any, set_name: str | None = None, target: str | None = None, workers: int | None = None,
-         shard: tuple[int, int] | None = None, on_result: Callable[[BindingStatus], None] | None = None,
+def plan(config: Config | str | Path, set_name: str | None = None, target: str | None = None,
+         workers: int | None = None, shard: tuple[int, int] | None = None, on_result: OnResult | None = None,
          config_name: str | None = None) -> FleetReport:
     """What catch-up would apply per binding (``pending``, flagged ``out_of_order``); touches nothing."""
     report = status(config, set_name, target, workers, shard, on_result, config_name=config_name)
@@ -481,96 +286,67 @@ def plan(config: Any, set_name: str | None = None, target: str | None = None, wo
     return report
 
 
-class _Recorder:
-    """Passes every call to the target and notes what ``apply`` committed, so a run that fails
-    midway still reports exactly what it applied, without re-reading the ledger."""
-
-    def __init__(self, target: Target):
-        self._target = target
-        self.driver = target.driver
-        self.dbid = target.dbid
-        self.applied_now: list[Applied] = []
-
-    def applied(self, set_id: str) -> dict[str, LedgerRow]:
-        return self._target.applied(set_id)
-
-    def lock(self, set_id: str, wait: float) -> Any:
-        return self._target.lock(set_id, wait)
-
-    def holder(self, set_id: str) -> str | None:
-        return self._target.holder(set_id)
-
-    def ensure_ledger(self) -> None:
-        self._target.ensure_ledger()
-
-    def apply(self, script: Script) -> Applied | None:
-        result = self._target.apply(script)
-        if result is not None:
-            self.applied_now.append(result)
-        return result
-
-    def record(self, set_id: str, version: str, checksum: str | None) -> None:
-        self._target.record(set_id, version, checksum)
-
-    def forget(self, set_id: str, version: str) -> None:
-        self._target.forget(set_id, version)
-
-    def connect(self, readonly: bool = False) -> None:
-        self._target.connect(readonly)
-
-    def close(self) -> None:
-        self._target.close()
+# -- catch-up --------------------------------------------------------------------
 
 
-
-
-def _catch_up_binding(run: _Run, target: Target, info: _SetInfo, driver: str, lock_wait: float) -> BindingStatus:
-    from orchestrator.runner import blocking_row
-    from orchestrator.runner import run as run_set
-    from orchestrator.targets import LedgerRow
-
+def _catch_up_binding(run: Run, target: Target, info: SetInfo, driver: str, lock_wait: float) -> BindingStatus:
     set_id = info.spec.name
     rows = target.applied(set_id)
     blocked = blocking_row(rows)
-    in_flight = blocked is not None and blocked.status == "running"
-    if in_flight:
+    if blocked is not None and blocked.status == "running":
         # Another runner's migration in progress, or an interrupted one: only the lock can tell.
         # A report-only set reads the holder; the others let the runner decide under the lock,
         # which waits --lock-wait for the holder and then reports the binding locked.
         if info.spec.apply == "report":
             return _read_binding(run, target, info, driver)
     else:
-        before = _assess(info, target.dbid, driver, rows, None, run.config_name)
+        before = assess(info, target.dbid, driver, rows, None, run.config_name)
         # Nothing pending, a blocked set, a report-only set, or a pending file with nothing to run
         # (waiting for the user to fill it in, not a failure to retry): one ledger read was all it took.
         if not before.pending or before.state == "failed" or info.spec.apply == "report" or before.waiting:
             return before
-    recorder = _Recorder(target)
+    applied: list[Applied] = []
     failure: tuple[str, str] | None = None
-    assert info.mset is not None
+    assert info.mset is not None, "an unreadable set is never run"
     try:
-        run_set(recorder, info.mset, lock_wait=lock_wait, config_name=run.config_name,  # type: ignore[arg-type]
-                prefix=f"{target.dbid}/{set_id}: ", should_stop=run.stop_requested)
+        run_set(target, info.mset, lock_wait=lock_wait, config_name=run.config_name, prefix=f"{target.dbid}/{set_id}: ",
+                should_stop=run.stop_requested, on_applied=applied.append)
+        rows = target.applied(set_id)  # the ledger as this run left it
     except Exception as exc:
         failure = _failure_state(target.dbid, target, exc)
-    if in_flight and failure is None:
-        # The running row seen first was another runner's, finished since: the ledger as it is now.
-        rows = target.applied(set_id)
-    # The ledger as it is now, without reading it again: what was there plus what this run committed.
-    now = int(time.time())
-    merged = dict(rows)
-    for a in recorder.applied_now:
-        script, _ = info.script(driver, a.version)
-        merged[a.version] = LedgerRow(a.version, now, set_id, script.checksum if script else None, a.duration_ms)
-    st = _assess(info, target.dbid, driver, merged, None, run.config_name)
-    st.applied_now = [a.version for a in recorder.applied_now]
+    if failure is not None and failure[0] != "unreachable":
+        rows, failure = _reread(target, set_id, rows, failure)
+    return _after_run(run, info, target.dbid, driver, rows, [a.version for a in applied], failure)
+
+
+def _reread(target: Target, set_id: str, rows: dict[str, LedgerRow],
+            failure: tuple[str, str]) -> tuple[dict[str, LedgerRow], tuple[str, str]]:
+    """The ledger after a failed run (a failed row, what was applied before it); the old rows if it cannot be read."""
+    try:
+        return target.applied(set_id), failure
+    except Exception as exc:
+        lost = _failure_state(target.dbid, target, exc)
+        return rows, lost if lost[0] == "unreachable" else failure
+
+
+def _after_run(run: Run, info: SetInfo, dbid: str, driver: str, rows: dict[str, LedgerRow], applied: list[str],
+               failure: tuple[str, str] | None) -> BindingStatus:
+    """The binding after a run: the ledger as read, or when it could not be read, the last read less what was applied."""
+    st = assess(info, dbid, driver, rows, None, run.config_name)
+    st.applied_now = applied
+    missed = [v for v in applied if v not in rows]  # applied, but the target went away before the ledger was read
+    if missed:
+        st.applied += len(missed)
+        st.pending = [v for v in st.pending if v not in missed]
+        st.out_of_order = [v for v in st.out_of_order if v not in missed]
+        st.last_version = max([*missed, *([st.last_version] if st.last_version else [])])
     if failure is not None:
         st.state, st.error = failure
     return st
 
 
-def catch_up(config: Any, set_name: str | None = None, target: str | None = None, workers: int | None = None,
-             shard: tuple[int, int] | None = None, on_result: Callable[[BindingStatus], None] | None = None,
+def catch_up(config: Config | str | Path, set_name: str | None = None, target: str | None = None,
+             workers: int | None = None, shard: tuple[int, int] | None = None, on_result: OnResult | None = None,
              should_stop: Callable[[], bool] | None = None, skip: Callable[[str, str], bool] | None = None,
              lock_wait: float = defaults.LOCK_WAIT, config_name: str | None = None,
              slots: threading.Semaphore | None = None) -> FleetReport:
@@ -586,77 +362,7 @@ def catch_up(config: Any, set_name: str | None = None, target: str | None = None
     semaphore shared by concurrent runs, caps the targets open across all of them. Never raises
     for a target's failure: each binding carries its own state.
     """
-    config = _load(config)
-    run = _prepare(config, set_name, target, shard, skip, on_result=on_result, should_stop=should_stop,
-                   config_name=config_name, slots=slots)
+    run = prepare(config, set_name, target, shard, skip, on_result=on_result, should_stop=should_stop,
+                  config_name=config_name, slots=slots)
     return _fan_out(run, lambda r, dbid: _per_binding(
         r, dbid, False, lambda t, i, d: _catch_up_binding(r, t, i, d, lock_wait)), workers, "catch-up")
-
-
-# -- validate (the checks themselves live in orchestrator.checks) ---------------
-
-
-def validation(config: Any, set_name: str | None = None, target: str | None = None, workers: int | None = None,
-               config_name: str | None = None) -> Any:
-    """A :class:`orchestrator.checks.Validation`: the sets' files and every reachable ledger checked; changes nothing."""
-    from orchestrator.checks import validation as check
-
-    return check(config, set_name, target, workers, config_name)
-
-
-def validate(config: Any, set_name: str | None = None, target: str | None = None) -> list[str]:
-    """One line per finding (file problems, drift, failed rows, unreachable targets); empty when clean."""
-    result = validation(config, set_name, target)
-    return result.findings + result.unreachable
-
-
-# -- the CLI commands ------------------------------------------------------------
-
-
-def command(args: Any) -> int:
-    """``catch-up``, ``status``, ``plan`` and ``validate`` from parsed CLI arguments; returns the exit code."""
-    import sys
-
-    from orchestrator import render
-
-    config = _load(args.config)
-    workers = getattr(args, "workers", None)
-    if workers is not None and workers < 1:
-        raise ConfigError(f"usage: --workers must be at least 1, not {workers}")
-    if args.target is not None and not config.bindings(args.set_name, args.target):
-        # As with an unknown --set: a filter that selects nothing is a mistake, not a clean run.
-        bound = sorted({dbid for _, dbid in config.bindings(args.set_name)})
-        where = f"set {args.set_name!r}" if args.set_name else "any set"
-        shown = ", ".join(bound[:10]) + (f" and {len(bound) - 10} more" if len(bound) > 10 else "")
-        raise ConfigError(f"{config.path.name}: --target {args.target!r} matches no target bound to {where} "
-                          f"(bound: {shown or 'none'})")
-    if args.command == "validate":
-        result = validation(config, args.set_name, args.target, workers, config_name=args.config)
-        render.validation(result, sys.stdout, as_json=args.json)
-        return result.exit_code
-    selected: dict[str, int] = {}
-    for _, dbid in config.bindings(args.set_name, args.target):
-        selected[dbid] = selected.get(dbid, 0) + 1
-    with render.progress(len(selected), args.command, enabled=not args.json) as advance:
-        done: dict[str, int] = {}
-        guard = threading.Lock()
-
-        def on_result(st: BindingStatus) -> None:
-            render.binding_line(st, args.command)
-            with guard:
-                done[st.dbid] = done.get(st.dbid, 0) + 1
-                finished = done[st.dbid] == selected.get(st.dbid, 0)
-            if finished:
-                advance()
-
-        common: dict[str, Any] = {"workers": workers, "on_result": on_result, "config_name": args.config}
-        if args.command == "catch-up":
-            lock_wait = getattr(args, "lock_wait", None)
-            report = catch_up(config, args.set_name, args.target,
-                              lock_wait=defaults.LOCK_WAIT if lock_wait is None else lock_wait, **common)  # type: ignore[arg-type]
-        elif args.command == "plan":
-            report = plan(config, args.set_name, args.target, **common)  # type: ignore[arg-type]
-        else:
-            report = status(config, args.set_name, args.target, **common)  # type: ignore[arg-type]
-    render.report(report, sys.stdout, as_json=args.json)
-    return report.exit_code

@@ -12,27 +12,22 @@ import contextlib
 import json
 import logging
 import sys
-from datetime import datetime, timezone
-from typing import IO, TYPE_CHECKING, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING
+
+from orchestrator.state import utc
 
 if TYPE_CHECKING:
     from orchestrator.checks import Validation
-    from orchestrator.fleet import BindingStatus, FleetReport
+    from orchestrator.state import BindingStatus, FleetReport
 
-__all__ = ["utc", "progress", "binding_line", "report", "validation", "summary_line", "table_rows"]
+__all__ = ["binding_line", "progress", "report", "summary_line", "table_rows", "utc", "validation"]
 
 log = logging.getLogger("fleet")
 
 _HEADERS = ("SET", "TARGET", "STATE", "APPLIED", "LAST VERSION", "LAST APPLIED (UTC)", "OUT OF ORDER", "ERROR")
 _STYLES = {"current": "green", "pending": "yellow", "failed": "bold red", "drift": "magenta",
            "unreachable": "red", "locked": "cyan", "applied": "green"}
-
-
-def utc(ts: int | None) -> str | None:
-    """Unix seconds as ``2024-05-01 10:02:11Z``; None stays None."""
-    if not ts:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _tty(stream: IO[str]) -> bool:
@@ -64,11 +59,11 @@ def progress(total: int, command: str, enabled: bool = True) -> Iterator[Callabl
                 if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr]
     with bar:
         # The bar redraws on stderr; log lines must pass through its console or they tear it.
-        previous = [h.setStream(console.file) for h in handlers]  # type: ignore[func-returns-value]
+        previous = [h.setStream(console.file) for h in handlers]
         try:
             yield lambda: bar.advance(task)
         finally:
-            for handler, stream in zip(handlers, previous):
+            for handler, stream in zip(handlers, previous, strict=True):
                 if stream is not None:
                     handler.setStream(stream)
 
@@ -88,7 +83,7 @@ def binding_line(b: BindingStatus, command: str) -> None:
     n = len(b.applied_now)
     did = f"applied {n} migration{'s' if n != 1 else ''}, then " if n else ""
     # Errors that already name the target and their state (unreachable, locked) are not prefixed twice.
-    if b.error and b.error.startswith(f"{b.dbid}: {b.state}") or b.error and b.error.startswith(f"{where} {b.state}"):
+    if b.error and b.error.startswith((f"{b.dbid}: {b.state}", f"{where} {b.state}")):
         line = f"{did}{b.error}" if not did else f"{where}: {did}{b.error}"
     else:
         line = f"{where}: {did}{b.state}: {b.error}"
@@ -141,7 +136,7 @@ def _rich_table(report: FleetReport, stream: IO[str]) -> None:
         widest = max([len(header), *(len(r[i]) for r in rows)])
         table.add_column(header, no_wrap=keep, min_width=widest if keep else None, overflow="fold",
                          justify="right" if header == "APPLIED" else "left")
-    for b, row in zip(report.bindings, rows):
+    for b, row in zip(report.bindings, rows, strict=True):
         table.add_row(*row[:2], Text(row[2], style=_STYLES.get(b.state, "")), *row[3:])
     Console(file=stream).print(table)
 
@@ -175,30 +170,35 @@ def _plan_text(report: FleetReport, stream: IO[str]) -> None:
     for dbid, bindings in by_target.items():
         stream.write(f"{dbid}\n")
         for b in bindings:
-            if b.state in ("failed", "unreachable", "locked"):
-                # The target heads this block: an error that opens with it would say it twice.
-                error = (b.error or "").removeprefix(f"{dbid}: ").removeprefix(f"{dbid}/{b.set_id} ")
-                stream.write(f"  {b.set_id}: {error if error.startswith(b.state) else f'{b.state}: {error}'}\n")
-                if b.state != "failed":
-                    continue
-            if not b.pending:
-                if b.state == "current":
-                    stream.write(f"  {b.set_id}: current, nothing to apply\n")
-            elif b.state == "failed":
-                stream.write(f"  {b.set_id}: blocked, {len(b.pending)} pending not applied until resolved\n")
-            elif b.apply == "report":
-                stream.write(f"  {b.set_id}: {len(b.pending)} pending, not applied (apply: report)\n")
-            else:
-                stream.write(f"  {b.set_id}: would apply {len(b.pending)}, in this order:\n")
-            if b.pending and b.state != "failed":
-                for version in b.pending:
-                    flag = "  (out of order: older than the newest applied)" if version in b.out_of_order else ""
-                    stream.write(f"      {version}{flag}\n")
-                if b.error:
-                    stream.write(f"    warning: {b.error}\n")
-            if b.state == "drift":
-                for line in b.drift:
-                    stream.write(f"    drift: {line}\n")
+            stream.writelines(f"{line}\n" for line in _plan_lines(b))
+
+
+def _plan_lines(b: BindingStatus) -> list[str]:
+    """One binding's block under its target in the plan listing."""
+    if b.state in ("failed", "unreachable", "locked"):
+        # The target heads this block: an error that opens with it would say it twice.
+        error = (b.error or "").removeprefix(f"{b.dbid}: ").removeprefix(f"{b.dbid}/{b.set_id} ")
+        head = [f"  {b.set_id}: {error if error.startswith(b.state) else f'{b.state}: {error}'}"]
+        if b.state != "failed":
+            return head
+        return head + ([f"  {b.set_id}: blocked, {len(b.pending)} pending not applied until resolved"] if b.pending else [])
+    lines = [_plan_head(b)] if b.pending or b.state == "current" else []
+    for version in b.pending:
+        flag = "  (out of order: older than the newest applied)" if version in b.out_of_order else ""
+        lines.append(f"      {version}{flag}")
+    if b.pending and b.error:
+        lines.append(f"    warning: {b.error}")
+    if b.state == "drift":
+        lines += [f"    drift: {line}" for line in b.drift]
+    return lines
+
+
+def _plan_head(b: BindingStatus) -> str:
+    if not b.pending:
+        return f"  {b.set_id}: current, nothing to apply"
+    if b.apply == "report":
+        return f"  {b.set_id}: {len(b.pending)} pending, not applied (apply: report)"
+    return f"  {b.set_id}: would apply {len(b.pending)}, in this order:"
 
 
 def report(result: FleetReport, stream: IO[str], as_json: bool = False) -> None:

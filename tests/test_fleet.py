@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import fleet
+from orchestrator import checks, fleet
 from orchestrator.config import load
 
 V1, V2, V3 = "2024-01-01_00-00-00_users", "2024-01-02_00-00-00_orders", "2024-01-03_00-00-00_seed"
@@ -387,7 +387,7 @@ def test_api_callbacks_skip_and_stop(project: Any) -> None:
     assert 0 < len(report.bindings) < 6  # nothing new started once stop was asked
     report = fleet.catch_up(config, workers=2)
     assert all(b.state == "current" for b in report.bindings)
-    assert fleet.validate(config) == []
+    assert checks.validate(config) == []
     assert fleet.plan(config).exit_code == 0
 
 
