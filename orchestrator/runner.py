@@ -93,9 +93,7 @@ def run(
     blocker = blocking_row(rows)
     if blocker is not None and blocker.status != "running":
         _raise_if_blocked(target, set_id, rows, config_name)
-    for m in migration_set.migrations:
-        if m.version in rows:
-            log.debug("%sskipping already applied: %s", prefix, m.version)
+    _log_applied(migration_set, rows, prefix)
     pending, out_of_order = pending_migrations(migration_set, rows)
     report.already = len(migration_set.migrations) - len(pending)
     if not pending and blocker is None:
@@ -133,6 +131,12 @@ def run(
     report.pending = [m.version for m in pending if m.version not in done and m.version not in rows]
     report.duration_ms = int((time.monotonic() - started) * 1000)
     return report
+
+
+def _log_applied(migration_set: MigrationSet, rows: dict[str, LedgerRow], prefix: str) -> None:
+    for m in migration_set.migrations:
+        if m.version in rows:
+            log.debug("%sskipping already applied: %s", prefix, m.version)
 
 
 def _checked_scripts(selected: list[Migration], driver: str) -> list[Script]:
