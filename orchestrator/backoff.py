@@ -8,13 +8,13 @@ from the clock passed in, so tests need not patch ``datetime``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
 
 from orchestrator import defaults
 
-__all__ = ["Backoff", "Retry", "Clock"]
+__all__ = ["Backoff", "Clock", "Retry"]
 
 Clock = Callable[[], datetime]
 
@@ -45,7 +45,7 @@ class Backoff:
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after the ``failures``-th failure in a row."""
-        return min(self.cap, self.first * 2 ** min(max(failures - 1, 0), 60))
+        return min(self.cap, self.first * 2.0 ** min(max(failures - 1, 0), 60))
 
     def fail(self, set_id: str, dbid: str, state: str, error: str | None) -> Retry:
         with self._lock:

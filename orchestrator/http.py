@@ -5,7 +5,7 @@ in memory: every request reads the latest snapshot and no request opens a
 database connection, so a slow or dead target never stalls a probe or a scrape.
 Endpoints: ``/healthz`` (the process answers), ``/readyz`` (first status refresh
 done and the scheduler running), ``/status`` (the JSON of ``status --json`` plus a
-``daemon`` section), ``/metrics`` (Prometheus text from the server's own
+``daemon`` section), ``/metrics`` (Prometheus text from the daemon's
 registry) and ``/`` (a self-refreshing page with a sets x targets grid, no
 external assets). Only GET and HEAD are served; nothing here changes anything.
 Bound to a non-loopback address the server requires ``Authorization: Bearer
@@ -24,11 +24,12 @@ import logging
 import socket
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Hashable
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from string import Template
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from orchestrator import defaults
@@ -39,12 +40,11 @@ if TYPE_CHECKING:
     from orchestrator.config import HttpConfig
     from orchestrator.fleet import BindingStatus
 
-__all__ = ["StatusSource", "StatusServer", "Metrics", "check_http_config", "is_loopback", "render_page"]
+__all__ = ["MetricsSource", "StatusServer", "StatusSource", "check_http_config", "is_loopback", "render_page"]
 
 log = logging.getLogger("http")
 
 _STATES = ("current", "pending", "failed", "drift", "unreachable", "locked")
-_RUN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
 class StatusSource(Protocol):
@@ -83,66 +83,11 @@ def check_http_config(http: HttpConfig, where: str) -> None:
         )
 
 
-class Metrics:
-    """Prometheus metrics in their own registry: counters the daemon feeds, gauges read from the snapshot at scrape time.
-
-    Labels are set and target ids only (``s1``, ``postgresql.p1``): never a host, DSN or user.
-    """
-
-    def __init__(self, source: StatusSource):
-        from prometheus_client import CollectorRegistry, Counter, Histogram
-
-        self.registry = CollectorRegistry()
-        self.applied = Counter("orchestrator_migrations_applied", "Migrations this process applied.",
-                               ["set", "target"], registry=self.registry)
-        self.failed = Counter("orchestrator_migration_failures", "Catch-ups of a (set, target) that ended failed.",
-                              ["set", "target"], registry=self.registry)
-        self.runs = Histogram("orchestrator_run_duration_seconds", "Wall time of one run of a set (catch-up or status).",
-                              ["set"], buckets=_RUN_BUCKETS, registry=self.registry)
-        self.events = Counter("orchestrator_scheduler_events", "Scheduler events: missed runs, runs skipped as still running, job errors.",
-                              ["event"], registry=self.registry)
-        self.registry.register(_SnapshotCollector(source))
+class MetricsSource(Protocol):
+    """What serves ``/metrics``: the daemon's Prometheus registry (:class:`orchestrator.daemon.metrics.Metrics`)."""
 
     def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-class _SnapshotCollector:
-    """Gauges computed from the snapshot on each scrape, so they can never drift from /status."""
-
-    def __init__(self, source: StatusSource):
-        self._source = source
-
-    def describe(self) -> Iterable[Any]:
-        return []  # unchecked collector: its families depend on the fleet
-
-    def collect(self) -> Iterable[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        pending = GaugeMetricFamily("orchestrator_pending_migrations", "Migrations not yet applied, per set and target.", labels=["set", "target"])
-        state = GaugeMetricFamily("orchestrator_binding_state", "1 for the state a (set, target) is in, 0 for the others.", labels=["set", "target", "state"])
-        last = GaugeMetricFamily("orchestrator_last_apply_timestamp_seconds", "Unix time of the newest applied migration.", labels=["set", "target"])
-        retry = GaugeMetricFamily("orchestrator_next_retry_timestamp_seconds", "Unix time of the next retry of a failing (set, target).",
-                                  labels=["set", "target"])
-        up = GaugeMetricFamily("orchestrator_target_up", "0 when the last attempt could not reach the target, else 1.", labels=["target"])
-        targets: dict[str, int] = {}
-        for binding, notes in self._source.rows():
-            labels = [binding.set_id, binding.dbid]
-            pending.add_metric(labels, len(binding.pending))
-            for name in _STATES:
-                state.add_metric(labels + [name], 1.0 if binding.state == name else 0.0)
-            if binding.last_apply_time:
-                last.add_metric(labels, float(binding.last_apply_time))
-            if notes.get("next_retry") is not None:
-                retry.add_metric(labels, float(notes["next_retry"]))
-            targets[binding.dbid] = min(targets.get(binding.dbid, 1), 0 if binding.state == "unreachable" else 1)
-        for dbid, value in sorted(targets.items()):
-            up.add_metric([dbid], value)
-        ready, _ = self._source.ready()
-        ready_gauge = GaugeMetricFamily("orchestrator_ready", "1 once the first status refresh is done and the scheduler runs.", value=1 if ready else 0)
-        return [pending, state, last, retry, up, ready_gauge]
+        """(body, content type) of one scrape."""
 
 
 # -- the fleet page --------------------------------------------------------------
@@ -151,7 +96,7 @@ class _SnapshotCollector:
 def _when(ts: float | None, now: float) -> str:
     if not ts:
         return ""
-    stamp = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     delta = now - ts
     ago = abs(delta)
     span = f"{int(ago)}s" if ago < 120 else f"{int(ago // 60)}m" if ago < 7200 else f"{int(ago // 3600)}h" if ago < 172800 else f"{int(ago // 86400)}d"
@@ -205,7 +150,7 @@ def render_page(rows: list[tuple[BindingStatus, dict[str, Any]]], daemon: dict[s
     sets = sorted({b.set_id for b, _ in rows} | set(set_info))
     targets = sorted({b.dbid for b, _ in rows})
     by_key = {(b.set_id, b.dbid): (b, n) for b, n in rows}
-    counts = {s: 0 for s in _STATES}
+    counts = dict.fromkeys(_STATES, 0)
     for b, _ in rows:
         counts[b.state] = counts.get(b.state, 0) + 1
     summary = "".join(f'<span class="chip st-{e(s)}" data-count-state="{e(s)}">{e(s)} <b>{n}</b></span>' for s, n in counts.items())
@@ -249,7 +194,7 @@ def render_page(rows: list[tuple[BindingStatus, dict[str, Any]]], daemon: dict[s
         meta=" · ".join(meta),
         head="".join(head),
         body="\n".join(body),
-        generated=e(datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")),
+        generated=e(datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%SZ")),
         version=e(str(daemon.get("version", ""))),
     )
 
@@ -320,20 +265,20 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 10  # seconds: an idle or trickling client does not hold a thread for ever
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self._serve(head=False)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._serve(head=True)
 
     def _refuse(self) -> None:
         self._send(405, b"method not allowed: this server is read-only (GET, HEAD)\n", "text/plain; charset=utf-8",
                    head=False, extra={"Allow": "GET, HEAD"})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse  # noqa: N815
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse
 
     def _authorized(self) -> bool:
         token = self.server.owner.token()
@@ -386,7 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
 class StatusServer:
     """A threaded HTTP server in a background thread over a :class:`StatusSource`."""
 
-    def __init__(self, source: StatusSource, metrics: Metrics, host: str, port: int,
+    def __init__(self, source: StatusSource, metrics: MetricsSource, host: str, port: int,
                  token: Callable[[], str | None], refresh: int = defaults.PAGE_REFRESH):
         self.source = source
         self.metrics = metrics

@@ -302,15 +302,15 @@ def test_a_scheduled_run_never_reads_a_file_still_being_written(project: Any, sq
     project.write("s1", "001_a.sql", "CREATE TABLE a (id INTEGER);\n")
     project.extra["daemon"] = FAST
     daemon = Daemon(config_module.load(project.config))
-    first = daemon._run_once("s1", "schedule")
+    first = daemon.runs.run_once("s1", "schedule")
     assert first.mode == "catch-up" and first.report.bindings[0].applied_now == ["001_a"]
     project.write("s1", "002_b.sql", "CREATE TABLE b (")  # the copy is still running
-    assert daemon._run_once("s1", "schedule").mode == "deferred"
+    assert daemon.runs.run_once("s1", "schedule").mode == "deferred"
     assert sqlite_rows(sqlite_db["path"], "SELECT version FROM migration ORDER BY version") == [("001_a",)]
     project.write("s1", "002_b.sql", "CREATE TABLE b (id INTEGER);\n")
-    assert daemon._watcher.scan() == []  # changed again since the deferred run looked
-    assert daemon._watcher.scan() == ["s1"]
-    done = daemon._run_once("s1", "change")
+    assert daemon.watcher.scan() == []  # changed again since the deferred run looked
+    assert daemon.watcher.scan() == ["s1"]
+    done = daemon.runs.run_once("s1", "change")
     assert done.report.bindings[0].applied_now == ["002_b"]
     assert sqlite_rows(sqlite_db["path"], "SELECT name FROM sqlite_master WHERE name = 'b'") == [("b",)]
 
@@ -324,7 +324,7 @@ def test_runs_of_one_set_never_overlap_and_triggers_meanwhile_coalesce(project: 
     daemon = Daemon(config_module.load(project.config))
     entered, release = threading.Event(), threading.Event()
     active, most, reasons = [0], [0], []
-    real_run_once = daemon._run_once
+    real_run_once = daemon.runs.run_once
 
     def slow_run_once(name: str, reason: str) -> Any:
         active[0] += 1
@@ -337,12 +337,12 @@ def test_runs_of_one_set_never_overlap_and_triggers_meanwhile_coalesce(project: 
         finally:
             active[0] -= 1
 
-    monkeypatch.setattr(daemon, "_run_once", slow_run_once)
-    first = threading.Thread(target=daemon._tick, args=("s1", "schedule"))
+    monkeypatch.setattr(daemon.runs, "run_once", slow_run_once)
+    first = threading.Thread(target=daemon.runs.tick, args=("s1", "schedule"))
     first.start()
     assert entered.wait(10)
     # Three triggers (a file change, schedule ticks) while the run is in flight: none starts a second run.
-    assert [daemon._tick("s1", r) for r in ("change", "schedule", "schedule")] == [[], [], []]
+    assert [daemon.runs.tick("s1", r) for r in ("change", "schedule", "schedule")] == [[], [], []]
     release.set()
     first.join(10)
     assert most[0] == 1 and reasons == ["schedule", "change"]  # one more run afterwards, not three
@@ -374,29 +374,29 @@ def test_unreachable_target_is_retried_with_backoff_not_every_tick(project: Any,
     project.extra["daemon"] = {**FAST, "retry_min": "30s", "retry_max": "1h"}
     daemon = Daemon(config_module.load(project.config), clock=clock)
 
-    first = daemon._run_once("s1", "schedule")
+    first = daemon.runs.run_once("s1", "schedule")
     states = {b.dbid: b.state for b in first.report.bindings}
     assert states == {"sqlite.a": "current", "postgresql.down": "unreachable"}
-    retry = daemon._backoff.get("s1", "postgresql.down")
+    retry = daemon.backoff.get("s1", "postgresql.down")
     assert retry is not None and retry.failures == 1 and retry.next_at == clock.now + timedelta(seconds=30)
 
     clock.advance(10)  # ticks before the retry time leave the target alone, the others still run
-    tick = daemon._run_once("s1", "schedule")
+    tick = daemon.runs.run_once("s1", "schedule")
     assert [b.dbid for b in tick.report.bindings] == ["sqlite.a"] and tick.skipped == {"postgresql.down"}
     row = next(item for item in daemon.status()["bindings"] if item["target"] == "postgresql.down")
     assert row["state"] == "unreachable" and row["next_retry"] == "2030-01-01T12:00:30Z" and row["failures"] == 1
 
     clock.advance(20)
-    again = daemon._run_once("s1", "retry")  # a retry run is for the failing targets only
+    again = daemon.runs.run_once("s1", "retry")  # a retry run is for the failing targets only
     assert [b.dbid for b in again.report.bindings] == ["postgresql.down"]
-    assert daemon._backoff.get("s1", "postgresql.down").next_at == clock.now + timedelta(seconds=60)
+    assert daemon.backoff.get("s1", "postgresql.down").next_at == clock.now + timedelta(seconds=60)
 
     project.databases["postgresql"][0]["port"] = pg_db["port"]  # the server is back
     daemon.config = config_module.load(project.config)
     clock.advance(60)
-    back = daemon._run_once("s1", "schedule")
+    back = daemon.runs.run_once("s1", "schedule")
     assert {b.dbid: b.state for b in back.report.bindings} == {"sqlite.a": "current", "postgresql.down": "current"}
-    assert daemon._backoff.get("s1", "postgresql.down") is None
+    assert daemon.backoff.get("s1", "postgresql.down") is None
     assert pg_rows(pg_db["dbname"], "SELECT set_id, version FROM migration") == [("s1", "001_a")]
 
 
@@ -410,24 +410,24 @@ def test_mysql_failed_state_is_reread_not_rerun_until_resolved(project: Any, mys
     config = project.config
     daemon = Daemon(config_module.load(config), clock=clock)
 
-    first = daemon._run_once("s1", "schedule")
+    first = daemon.runs.run_once("s1", "schedule")
     assert first.report.bindings[0].state == "failed"
     ledger = "SELECT version, status FROM migration ORDER BY version"
     assert mysql_rows(mysql_db["dbname"], ledger) == [("001_bad", "failed")]
 
     clock.advance(31)  # due: the ledger is read again, the migration is not run again
-    second = daemon._run_once("s1", "schedule")
+    second = daemon.runs.run_once("s1", "schedule")
     assert second.skipped == {dbid} and second.report.bindings == []
-    assert daemon._backoff.get("s1", dbid).failures == 2
+    assert daemon.backoff.get("s1", dbid).failures == 2
     assert mysql_rows(mysql_db["dbname"], ledger) == [("001_bad", "failed")]
     assert daemon.rows()[0][0].state == "failed" and "orchestrator resolve" in daemon.rows()[0][0].error
 
     code, _, err = orchestrator("resolve", config, dbid, "s1", "001_bad", "--mark-applied")
     assert code == 0, err
     clock.advance(61)
-    third = daemon._run_once("s1", "schedule")
+    third = daemon.runs.run_once("s1", "schedule")
     assert third.report.bindings[0].state == "current" and third.report.bindings[0].applied_now == ["002_next"]
-    assert daemon._backoff.get("s1", dbid) is None
+    assert daemon.backoff.get("s1", dbid) is None
     assert mysql_rows(mysql_db["dbname"], ledger) == [("001_bad", "applied"), ("002_next", "applied")]
 
 

@@ -22,7 +22,8 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.fleet import BindingStatus, FleetReport
-from orchestrator.http import Metrics, StatusServer, is_loopback, render_page
+from orchestrator.daemon.metrics import Metrics
+from orchestrator.http import StatusServer, is_loopback, render_page
 from tests.test_daemon import FAST, daemons, free_port, poll  # noqa: F401 - daemons is a fixture
 
 TOKEN = "t0ken-for-tests-9f3a1c"
