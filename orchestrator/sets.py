@@ -10,7 +10,6 @@ orders, checksums and parses those files; it imports no database client.
 
 from __future__ import annotations
 
-import ast
 import codecs
 import hashlib
 import logging
@@ -24,6 +23,8 @@ from typing import Any
 
 from orchestrator import defaults
 from orchestrator.errors import MigrationError, SetError
+from orchestrator.pymigration import does_nothing, load_up
+from orchestrator.redissplit import split_redis_args
 
 __all__ = ["ENGINE_FILES", "Migration", "MigrationSet", "Script", "discover", "numeric_order_warning", "split_redis_args"]
 
@@ -221,42 +222,16 @@ class Script:
         elif self.kind == "redis":
             if not self.redis_commands():
                 reason = "holds no Redis command (only comments or blanks)"
-        elif self.kind == "py":
-            try:
-                tree = ast.parse(self.text(), str(self.path))
-            except SyntaxError:
-                tree = None  # prepare() and load_up() report it with its line
-            ups = [node for node in (tree.body if tree else ()) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                   and node.name == "up"]
-            if ups and all(_no_op(statement) for statement in ups[-1].body):
-                reason = "its up(db) does nothing (only pass, ... or a docstring)"
+        elif self.kind == "py" and does_nothing(self.text(), self.path):
+            reason = "its up(db) does nothing (only pass, ... or a docstring)"
         if reason is not None:
             reason += "; not applied or recorded until it holds the change (an untouched 'orchestrator create' template?)"
         self._memo[key] = reason
         return reason
 
     def load_up(self) -> Callable[[Any], Any]:
-        """Compile a Python migration and return its ``up(db)``.
-
-        Compiled from source rather than imported so that nothing (no ``__pycache__``)
-        is written into the set folder and nothing lingers in ``sys.modules``.
-        """
-        source = self.text()
-        try:
-            code = compile(source, str(self.path), "exec")
-        except SyntaxError as exc:
-            raise MigrationError(self.label, f"syntax error: {exc.msg}", line=exc.lineno) from None
-        namespace: dict[str, Any] = {"__name__": f"orchestrator_migration_{self.set_id}_{self.version}", "__file__": str(self.path)}
-        try:
-            exec(code, namespace)
-        except _ESCAPES_UP as exc:  # a migration's import-time code is user code; sys.exit() there fails it too
-            line = _raise_line(exc, self.path)
-            detail = " ".join(str(exc).split())
-            raise MigrationError(self.label, f"loading failed: {type(exc).__name__}" + (f": {detail}" if detail else ""), line=line) from None
-        up = namespace.get("up")
-        if not callable(up):
-            raise MigrationError(self.label, "defines no up(db) function")
-        return _guarded(up, self)
+        """Compile a Python migration and return its ``up(db)`` (see :mod:`orchestrator.pymigration`)."""
+        return load_up(self.label, self.path, self.text(), f"orchestrator_migration_{self.set_id}_{self.version}")
 
     def redis_commands(self) -> list[tuple[int, list[str | bytes]]]:
         """(line, argv) for each command of a ``.redis`` file, quoted as in redis-cli (see :func:`split_redis_args`).
@@ -275,115 +250,6 @@ class Script:
                 raise MigrationError(self.label, f"cannot parse command: {exc}", len(commands) + 1, number) from None
             commands.append((number, argv))
         return commands
-
-
-# What user code in a migration may raise: any Exception, and also sys.exit() and
-# KeyboardInterrupt, which would otherwise end the whole CLI or daemon with a clean exit.
-_ESCAPES_UP = (Exception, SystemExit, KeyboardInterrupt)
-
-
-def _raise_line(exc: BaseException, path: Path) -> int | None:
-    """The line of ``path`` where ``exc`` was raised (deepest frame in that file)."""
-    import traceback
-
-    return next((f.lineno for f in reversed(traceback.extract_tb(exc.__traceback__)) if f.filename == str(path)), None)
-
-
-def _guarded(up: Callable[[Any], Any], script: Script) -> Callable[[Any], Any]:
-    """``up`` with SystemExit and KeyboardInterrupt turned into a failed migration (MigrationError).
-
-    The targets catch Exception around ``up``; these two are BaseExceptions and would
-    skip the rollback (or the failed row) and stop the process with exit 0.
-    """
-
-    def up_guarded(db: Any) -> Any:
-        try:
-            return up(db)
-        except (SystemExit, KeyboardInterrupt) as exc:
-            detail = " ".join(str(exc).split()) if isinstance(exc, KeyboardInterrupt) or exc.code is not None else ""
-            raise MigrationError(script.label, f"up() raised {type(exc).__name__}" + (f": {detail}" if detail else "")
-                                 + " (a migration cannot end the process; it failed)",
-                                 line=_raise_line(exc, script.path)) from None
-
-    return up_guarded
-
-
-def _no_op(node: ast.stmt) -> bool:
-    """``pass``, ``...`` or a string (a docstring): a statement that does nothing."""
-    return isinstance(node, ast.Pass) or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-                                          and (node.value.value is Ellipsis or isinstance(node.value.value, str)))
-
-
-_SPACE = b" \t\n\v\f\r"
-_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
-_HEX = b"0123456789abcdefABCDEF"
-
-
-def split_redis_args(line: str) -> list[str | bytes]:
-    """Split one command line exactly as redis-cli does (its ``sdssplitargs``).
-
-    Inside double quotes ``\\xHH`` is a byte and ``\\n \\r \\t \\b \\a`` are control
-    characters (any other ``\\c`` is ``c``); inside single quotes only ``\\'`` is
-    special; outside quotes a backslash is literal. A closing quote must end the
-    argument. An argument is ``str``, or ``bytes`` when escapes make it invalid
-    UTF-8. Raises ValueError for unbalanced quotes.
-    """
-    data, i = line.encode("utf-8"), 0
-    args: list[bytes] = []
-    n = len(data)
-    while True:
-        while i < n and data[i] in _SPACE:
-            i += 1
-        if i >= n:
-            return [_text_or_bytes(a) for a in args]
-        current, quote = bytearray(), 0
-        while True:
-            c = data[i] if i < n else 0
-            if quote == 0x22:  # "
-                if c == 0x5C and i + 3 < n and data[i + 1] == 0x78 and data[i + 2] in _HEX and data[i + 3] in _HEX:
-                    current.append(int(data[i + 2 : i + 4], 16))
-                    i += 4
-                    continue
-                if c == 0x5C and i + 1 < n:
-                    i += 1
-                    current.append(_ESCAPES.get(data[i], data[i]))
-                elif c == 0x22:
-                    if i + 1 < n and data[i + 1] not in _SPACE:
-                        raise ValueError("a closing double quote must be followed by a space")
-                    i += 1
-                    break
-                elif i >= n:
-                    raise ValueError("unbalanced double quotes")
-                else:
-                    current.append(c)
-            elif quote == 0x27:  # '
-                if c == 0x5C and i + 1 < n and data[i + 1] == 0x27:
-                    i += 1
-                    current.append(0x27)
-                elif c == 0x27:
-                    if i + 1 < n and data[i + 1] not in _SPACE:
-                        raise ValueError("a closing single quote must be followed by a space")
-                    i += 1
-                    break
-                elif i >= n:
-                    raise ValueError("unbalanced single quotes")
-                else:
-                    current.append(c)
-            elif i >= n or c in b" \n\r\t":
-                break
-            elif c in (0x22, 0x27):
-                quote = c
-            else:
-                current.append(c)
-            i += 1
-        args.append(bytes(current))
-
-
-def _text_or_bytes(arg: bytes) -> str | bytes:
-    try:
-        return arg.decode("utf-8")
-    except UnicodeDecodeError:
-        return arg
 
 
 @dataclass(frozen=True)
