@@ -30,6 +30,7 @@ from orchestrator import cli
 from orchestrator import config as config_module
 from orchestrator.backoff import Backoff
 from orchestrator.daemon import Daemon, parse_shard
+from orchestrator.daemon.runs import SetRuns
 from orchestrator.watcher import Watcher
 from orchestrator.errors import ConfigError
 from tests.conftest import mysql_connect, pg_connect
@@ -347,6 +348,48 @@ def test_runs_of_one_set_never_overlap_and_triggers_meanwhile_coalesce(project: 
     first.join(10)
     assert most[0] == 1 and reasons == ["schedule", "change"]  # one more run afterwards, not three
     assert sqlite_rows(sqlite_db["path"], "SELECT version FROM migration") == [("001_a",)]
+
+
+def test_triggers_waiting_for_a_set_merge_into_the_strongest_at_the_earliest_time() -> None:
+    now = datetime(2030, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    state = SetRuns()
+    state.want("retry", now + timedelta(seconds=30))
+    assert state.take(now) == "schedule"  # the retry is not due: a tick now is the schedule's own
+    assert (state.wanted, state.wanted_at) == ("retry", now + timedelta(seconds=30))
+    state.want("change", now)  # a new file: the run now also covers the retry
+    state.want("start", now + timedelta(seconds=5))
+    assert (state.wanted, state.wanted_at) == ("change", now)
+    assert state.take(now) == "change" and state.wanted is None and state.wanted_at is None
+    assert state.take(now) == "schedule"
+
+
+def test_each_set_has_one_job_that_changes_and_retries_bring_forward(project: Any, sqlite_db: Any, pg_db: Any) -> None:
+    project.add_target("sqlite", "a", sqlite_db)
+    project.add_target("postgresql", "down", {**pg_db, "port": free_port(), "connection_timeout": 1})
+    project.add_set("hourly", ["sqlite.a", "postgresql.down"], schedule={"every": "1h"})
+    project.add_set("plain", ["sqlite.a"])
+    project.write("hourly", "001_h.sql", "CREATE TABLE h (id INTEGER);\n")
+    project.write("plain", "001_p.sql", "CREATE TABLE p (id INTEGER);\n")
+    project.extra["daemon"] = FAST
+    daemon = Daemon(config_module.load(project.config))
+    daemon.start()
+    try:
+        # The failing target is retried (300ms, 600ms, 1s, ...) long before the hourly tick, by the set's own job.
+        poll(lambda: (r := daemon.backoff.get("hourly", "postgresql.down")) and r.failures >= 3, what="three retries")
+        assert daemon.scheduling.job_ids() == ["set:hourly"]  # no retry or run-now jobs beside it
+        hourly = daemon.status()["daemon"]["sets"]["hourly"]
+        assert hourly["next_retry"] and hourly["runs"] >= 3 and hourly["last_run"]["reason"] == "retry"
+        # A set without a schedule has a job only while something asks it to run: a new file does.
+        poll(lambda: daemon.status()["daemon"]["sets"]["plain"]["runs"] == 1, what="plain's start-up run")
+        assert [b["state"] for b in daemon.status()["bindings"] if b["set"] == "plain"] == ["current"]
+        project.write("plain", "002_q.sql", "CREATE TABLE q (id INTEGER);\n")
+        poll(lambda: daemon.status()["daemon"]["sets"]["plain"]["runs"] == 2, what="plain run for its new file")
+        assert daemon.status()["daemon"]["sets"]["plain"]["last_run"]["reason"] == "change"
+        assert sqlite_rows(sqlite_db["path"], "SELECT set_id, version FROM migration WHERE set_id = 'plain'") == [
+            ("plain", "001_p"), ("plain", "002_q")]
+        assert "set:plain" not in daemon.scheduling.job_ids()
+    finally:
+        daemon.stop()
 
 
 def test_shard_argument_is_checked(project: Any, sqlite_db: Any, orchestrator: Any) -> None:

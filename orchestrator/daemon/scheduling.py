@@ -149,6 +149,11 @@ class Scheduling:
                 if not state.running:
                     self._settle(name, state)
 
+    def job_ids(self) -> list[str]:
+        """The scheduler's jobs: at most one per set."""
+        with self._lock:
+            return sorted(job.id for job in self._scheduler.get_jobs()) if self.running else []
+
     def next_run(self, name: str) -> datetime | None:
         """When the set's job runs next, if the set has a schedule."""
         job = self._job(name)
