@@ -5,17 +5,16 @@ per driver, each with a ``host_id``), so an existing config works unchanged;
 ``migrations`` binds sets to targets and ``daemon`` configures the service.
 ``${NAME}`` (or ``${NAME:-default}``) in any string expands from the environment.
 Every fault becomes one :class:`ConfigError` line naming the file and the JSON
-path (``config.json: databases.mysql[0].port: ...``). Passwords are
+path (``config.json: databases.mysql[0].port: ...``); reading the file, expanding
+and wording errors live in :mod:`orchestrator.configfile`. Passwords are
 ``SecretStr`` (hidden in reprs) and registered with :mod:`orchestrator.redact`.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -32,6 +31,7 @@ from pydantic import (
 )
 
 from orchestrator import defaults
+from orchestrator.configfile import Expanded, expand, one_line_error, read_json
 from orchestrator.errors import ConfigError
 from orchestrator.redact import register_secret
 
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 DRIVERS = ("postgresql", "mysql", "redis", "sqlite")
-_ENV_REF = re.compile(r"(\$?)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _HOST_ID = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 _SET_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
@@ -74,16 +73,12 @@ def parse_duration(text: str) -> float:
     return total
 
 
-class _Expanded(str):
-    """A string that came out of ``${NAME}`` expansion: the environment only holds strings."""
-
-
 def _int_not_bool(value: Any) -> Any:
     # JSON true would otherwise pass as 1, and "5432" as 5432: a number must be a JSON
     # number, unless it came from ${ENV} expansion, where only strings exist.
     if isinstance(value, bool):
         raise ValueError("expected an integer, not a boolean")
-    if isinstance(value, _Expanded) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, Expanded) and value.strip().lstrip("-").isdigit():
         return int(value)
     if isinstance(value, str):
         raise ValueError(f"expected an integer, not a string (write {value.strip()} without quotes)"
@@ -94,7 +89,7 @@ def _int_not_bool(value: Any) -> Any:
 def _bool_strict(value: Any) -> Any:
     if isinstance(value, bool):
         return value
-    if isinstance(value, _Expanded) and value.strip().lower() in ("true", "false", "1", "0"):
+    if isinstance(value, Expanded) and value.strip().lower() in ("true", "false", "1", "0"):
         return value.strip().lower() in ("true", "1")
     raise ValueError("expected true or false")
 
@@ -303,156 +298,23 @@ def _check_dbid(dbid: str, where: str) -> None:
         raise ConfigError(f"{prefix}unknown driver {driver!r} in {dbid!r} (drivers: {', '.join(DRIVERS)})")
 
 
-def _json_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-class _Object(dict[str, Any]):
-    """A JSON object that remembers keys it held twice (json keeps the last one silently)."""
-
-    duplicates: tuple[str, ...] = ()
-
-
-def _object_pairs(pairs: list[tuple[str, Any]]) -> _Object:
-    obj = _Object(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        twice: list[str] = []
-        for key, _ in pairs:
-            if key in seen:
-                twice.append(key)
-            seen.add(key)
-        obj.duplicates = tuple(twice)
-    return obj
-
-
-def _expand(node: Any, loc: tuple[Any, ...], env: dict[str, str], name: str) -> Any:
-    if isinstance(node, str):
-        def sub(m: re.Match[str]) -> str:
-            if m.group(1):  # $${NAME} is a literal ${NAME}
-                return m.group(0)[1:]
-            if m.group(2) in env:
-                return env[m.group(2)]
-            if m.group(3) is not None:
-                return m.group(3)
-            raise ConfigError(f"{name}: {_json_path(loc)}: environment variable {m.group(2)} is not set "
-                              f"(export it, or write ${{{m.group(2)}:-default}})")
-
-        return _Expanded(_ENV_REF.sub(sub, node)) if "${" in node else node
-    if isinstance(node, list):
-        return [_expand(item, (*loc, i), env, name) for i, item in enumerate(node)]
-    if isinstance(node, dict):
-        if isinstance(node, _Object) and node.duplicates:
-            key = node.duplicates[0]
-            raise ConfigError(f"{name}: {_json_path((*loc, key))}: appears twice in the same object; keep one")
-        return {key: _expand(value, (*loc, key), env, name) for key, value in node.items()}
-    return node
-
-
-def _first_error(exc: ValidationError, name: str) -> ConfigError:
-    errors = exc.errors(include_url=False)
-    # Drop the discriminator noise pydantic adds for unions and plain-str dict keys.
-    err = errors[0]
-    loc = tuple(p for p in err["loc"] if p not in ("[key]",))
-    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if err["type"] == "extra_forbidden":
-        import difflib  # only a bad config pays for it
-
-        known = _fields_at(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1) if loc else []
-        msg = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})" if known else "")
-    elif err["type"] == "missing":
-        msg = "required field is missing"
-    elif err["type"] == "string_pattern_mismatch":
-        msg = _PATTERN_HELP.get(str(err.get("ctx", {}).get("pattern")), msg)
-    else:
-        msg = _TYPE_HELP.get(err["type"], msg)
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return ConfigError(f"{name}: {_json_path(loc)}: {msg}{more}")
-
-
 _PATTERN_HELP = {
     _IDENT: "expected a SQL identifier: a letter or '_', then letters, digits or '_'",
     _HOST_ID: "expected letters, digits, '_' and '-' (no dots: the dbid is <driver>.<host_id>)",
     _SET_NAME: "expected letters, digits, '_', '.' and '-' (a set name is also a folder name)",
     _CHARSET: "expected a charset name such as utf8mb4",
 }
-_TYPE_HELP = {
-    "model_type": "expected a JSON object",
-    "model_attributes_type": "expected a JSON object",
-    "dict_type": "expected a JSON object",
-    "list_type": "expected a JSON list",
-    "string_type": "expected a string",
-    "int_type": "expected an integer",
-    "int_parsing": "expected an integer",
-    "bool_type": "expected true or false",
-    "float_type": "expected a number",
-    "float_parsing": "expected a number",
-    "finite_number": "expected a finite number",
-}
-
-
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the config object at a JSON path (for 'did you mean')."""
-    model: Any = _File
-    skip_key = False
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if skip_key:  # a key of a dict such as migrations.sets
-            skip_key = False
-            continue
-        fields = {f.alias or n: f for n, f in model.model_fields.items()}
-        if part not in fields:
-            return []
-        annotation = fields[part].annotation
-        skip_key = typing.get_origin(annotation) is dict
-        model = _model_in(annotation)
-        if model is None:
-            return []
-    return sorted(f.alias or n for n, f in model.model_fields.items())
-
-
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
 def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
     """Read, expand and validate a config file; raise ConfigError on any fault."""
     path = Path(path)
     name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM from a Windows editor is not an error
-    except FileNotFoundError:
-        raise ConfigError(f"{name}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{name}: cannot read config: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        data = json.loads(text, object_pairs_hook=_object_pairs)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{name}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
-    except RecursionError:
-        raise ConfigError(f"{name}: invalid JSON: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name}: (top level): expected a JSON object")
+    data = read_json(path, name)
     _check_sections(data, name)
     try:
-        data = _expand(data, (), dict(os.environ) if env is None else env, name)
-        raw = _File.model_validate(data)
+        expanded = expand(data, dict(os.environ) if env is None else env, name)
+        raw = _File.model_validate(expanded)
     except ValidationError as exc:
-        raise _first_error(exc, name) from None
+        raise one_line_error(exc, name, _File, _PATTERN_HELP) from None
     except RecursionError:  # parsed, but deeper than any config: a value nested hundreds of levels
         raise ConfigError(f"{name}: invalid config: nested too deeply") from None
     return _build(path.resolve(), name, raw)
