@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from orchestrator.config import DatabaseConfig
     from orchestrator.sets import Script
 
-__all__ = ["Target", "LedgerRow", "Applied", "open_target", "runner_identity"]
+__all__ = ["Applied", "LedgerRow", "Target", "open_target", "runner_identity"]
 
 _REGISTRY = {
     "sqlite": "orchestrator.targets.sqlite:SqliteTarget",
@@ -125,7 +125,8 @@ def open_target(db: DatabaseConfig, table: str) -> Target:
     """A new, unconnected target for a config entry; engine modules load on first use."""
     module_name, _, class_name = _REGISTRY[db.driver].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(db, table)
+    target: Target = cls(db, table)
+    return target
 
 
 _identity: tuple[int, str] = (0, "")

@@ -21,24 +21,23 @@ until ``orchestrator resolve``: the ledger may say "unknown", never a false "app
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import re
 import secrets
-import socket
-import threading
 import time
-import traceback
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import defaults
 from orchestrator.errors import FailedState, LockHeld, MigrationError, OrchestratorError, TargetUnreachable
 from orchestrator.redact import redact
 from orchestrator.targets import Applied, LedgerRow, runner_identity
+from orchestrator.targets._dirty import apply_under_dirty_flag
+from orchestrator.targets._redis_commands import SCRIPT_COMMANDS, SKIPPED, RedisHandle, check_allowed, command_name
+from orchestrator.targets._redis_lock import Heartbeat, holder_state, holder_text, process_scope
+from orchestrator.targets._where import raise_line
 
 if TYPE_CHECKING:
     from orchestrator.config import RedisConfig
@@ -56,24 +55,8 @@ _TAKE_OVER = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('s
 _RECORD = ("if redis.call('hexists', KEYS[1], ARGV[1]) == 1 then return 0 end "
            "redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) redis.call('hset', KEYS[2], ARGV[1], ARGV[3]) return 1")
 
-_SKIPPED = ("MULTI", "EXEC")
-"""Transaction wrappers a file written for redis-cli may hold; the file already runs in one."""
-_FORBIDDEN = {
-    **dict.fromkeys(("SELECT", "SWAPDB"), "it would part the data from its ledger, which lives in this database"),
-    **dict.fromkeys(("FLUSHDB", "FLUSHALL"), "it would delete the ledger"),
-    **dict.fromkeys(("DISCARD", "WATCH", "UNWATCH"), "the file runs in the runner's own MULTI/EXEC"),
-    **dict.fromkeys(("RESET", "QUIT", "AUTH", "HELLO"), "it would change or end the runner's connection"),
-    **dict.fromkeys(("MONITOR", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"), "it never returns"),
-}
-"""Commands a migration may not run, with the reason its error gives."""
-_SCRIPT_COMMANDS = ("EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO")
 _WATCH_RETRIES = 5
 _ERROR_MAX = 500
-
-
-def _command_name(argv: Sequence[str | bytes]) -> str:
-    name = argv[0]
-    return (name.decode("utf-8", "replace") if isinstance(name, bytes) else name).upper()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -96,104 +79,6 @@ def _roundtrip(conn: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
     return replies
 
 
-class _Heartbeat:
-    """Renews one lock's TTL every third of it until stopped; notes when the lock is gone."""
-
-    def __init__(self, target: RedisTarget, set_id: str, key: str, token: str, ttl_ms: int):
-        self.key, self.token, self.ttl_ms = key, token, ttl_ms
-        self.lost = False
-        self._target, self._set_id = target, set_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lock-heartbeat {target.dbid}/{set_id}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        interval = max(self.ttl_ms / 3000, 0.005)
-        while not self._stop.wait(interval):
-            try:
-                renewed = self._target._scripts["renew"](keys=[self.key], args=[self.token, self.ttl_ms])
-            except Exception as exc:  # a network blip: the TTL leaves room for the next beat
-                log.warning("%s/%s: renewing the lock failed: %s", self._target.dbid, self._set_id, _one_line(exc))
-                continue
-            if not renewed:
-                self.lost = True
-                log.warning("%s/%s: the lock expired or was taken over while held", self._target.dbid, self._set_id)
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-
-class RedisHandle:
-    """The ``db`` a Python migration's ``up(db)`` receives on Redis.
-
-    ``execute("SET k v")`` (redis-cli quoting) or ``execute(["SET", "k", "v"])`` runs
-    one command and returns its reply; ``params`` are extra arguments appended
-    unparsed. ``connection`` is the run's redis-py client (``decode_responses=True``:
-    replies are ``str``; pass ``NEVER_DECODE=True`` to ``execute_command`` for bytes).
-    ``prefix`` is the target's key prefix.
-    """
-
-    def __init__(self, target: RedisTarget, label: str):
-        self._target = target
-        self._label = label
-        self.dbid = target.dbid
-        self.driver = target.driver
-        self.prefix: str = target.db.prefix
-        self.statements = 0
-        self.failed_at: int | None = None
-        self._touched = False
-        self._wrote = False
-
-    @property
-    def connection(self) -> Any:
-        # What a migration does through the raw client cannot be counted: assume it wrote.
-        self._touched = True
-        return self._target.client
-
-    @property
-    def ran_any(self) -> bool:
-        """True when something may have changed the data: a write ran (reads and rejected commands change nothing)."""
-        return self._wrote or self._touched
-
-    def execute(self, command: str | Sequence[str | bytes | int | float], params: Sequence[Any] | None = None) -> Any:
-        """Run one command; returns its reply (redis-py's reply conversion applies)."""
-        import redis
-
-        from orchestrator.sets import split_redis_args
-
-        argv: list[Any] = split_redis_args(command) if isinstance(command, str) else list(command)
-        argv += list(params or ())
-        number = self.statements + 1
-        if not argv:
-            raise MigrationError(self._label, "execute() got an empty command", number)
-        _check_allowed(self._label, argv, number, None)
-        name = _command_name(argv)
-        try:
-            reply = self._target.client.execute_command(*argv)
-        except redis.ResponseError:
-            self.failed_at = number
-            if name in _SCRIPT_COMMANDS:
-                self._wrote = True  # a script stops at its error; what ran before it stays
-            raise
-        self.statements = number
-        if not self._wrote and not self._target._readonly(name):
-            self._wrote = True
-        return reply
-
-    def query(self, command: str | Sequence[str | bytes | int | float], params: Sequence[Any] | None = None) -> Any:
-        """Run one command and return its reply (same as :meth:`execute`)."""
-        return self.execute(command, params)
-
-
-def _check_allowed(label: str, argv: Sequence[Any], number: int, line: int | None) -> None:
-    name = _command_name(argv)
-    if name in _FORBIDDEN:
-        raise MigrationError(label, f"{name} is not allowed in a migration: {_FORBIDDEN[name]}", number, line)
-
-
 class RedisTarget:
     """Target protocol on Redis (redis-py); one client, and one pool, per run."""
 
@@ -207,8 +92,9 @@ class RedisTarget:
         self.lock_ttl_ms: int = defaults.REDIS_LOCK_TTL_MS
         """TTL of the lock key; the heartbeat renews it every third of it."""
         self._scripts: dict[str, Any] = {}
-        self._locks: dict[str, _Heartbeat] = {}
+        self._locks: dict[str, Heartbeat] = {}
         self._readonly_cache: dict[str, bool] = {}
+        self._wrote = False  # the dirty-flag migration under way may have changed data
 
     # -- connection ----------------------------------------------------------------
 
@@ -382,7 +268,7 @@ class RedisTarget:
             yield
             return
         key = self._key(set_id, ":lock")
-        scope = _process_scope()
+        scope = process_scope()
         token = f"{secrets.token_hex(8)}{'.' + scope if scope else ''} {int(time.time())} {runner_identity()}"
         ttl = int(self.lock_ttl_ms)
         deadline = time.monotonic() + wait
@@ -399,7 +285,7 @@ class RedisTarget:
                     raise LockHeld(self.dbid, set_id, self._holder_for_error(set_id, key))
                 time.sleep(min(defaults.LOCK_POLL, remaining))
         self._check_scripting(set_id, key, token, ttl)
-        self._locks[set_id] = _Heartbeat(self, set_id, key, token, ttl)
+        self._locks[set_id] = Heartbeat(self._scripts["renew"], self.dbid, set_id, key, token, ttl)
         try:
             yield
         finally:
@@ -413,6 +299,8 @@ class RedisTarget:
 
         try:
             self._scripts["renew"](keys=[key], args=[token, ttl])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise TargetUnreachable(self.dbid, f"connection lost while taking the lock: {_one_line(exc)}") from None
         except redis.ResponseError as exc:
             with self._reachable("dropping the lock"):
                 self.client.delete(key)  # just taken, still ours
@@ -425,7 +313,7 @@ class RedisTarget:
         Compare-and-set on the exact value seen: a holder that renewed or released
         meanwhile, or a runner that took the lock first, keeps it.
         """
-        if _holder_state(value) != "gone":
+        if holder_state(value) != "gone":
             return False
         import redis
 
@@ -435,7 +323,7 @@ class RedisTarget:
             log.debug("%s/%s: cannot take over the lock: %s", self.dbid, set_id, _one_line(exc))
             return False
         if taken:
-            log.warning("%s/%s: took over the lock of %s: that process no longer exists", self.dbid, set_id, _holder_text(value))
+            log.warning("%s/%s: took over the lock of %s: that process no longer exists", self.dbid, set_id, holder_text(value))
         return bool(taken)
 
     def _holder_for_error(self, set_id: str, key: str) -> str:
@@ -443,11 +331,11 @@ class RedisTarget:
         value = self.client.get(key)
         if value is None:
             return ""
-        text = _holder_text(value)
-        state = _holder_state(value)
+        text = holder_text(value)
+        state = holder_state(value)
         pttl = self.client.pttl(key) if state in ("gone", "gone?") else 0
         if pttl and pttl > 0:
-            expires = datetime.fromtimestamp(time.time() + pttl / 1000, timezone.utc).strftime("%H:%M:%SZ")
+            expires = datetime.fromtimestamp(time.time() + pttl / 1000, UTC).strftime("%H:%M:%SZ")
             if state == "gone":
                 text += f" (that process no longer exists; its lock expires at {expires})"
             else:
@@ -455,7 +343,7 @@ class RedisTarget:
                          f"its lock expires at {expires} unless renewed)")
         return text
 
-    def _release(self, set_id: str, beat: _Heartbeat) -> None:
+    def _release(self, set_id: str, beat: Heartbeat) -> None:
         # Runs in finally blocks and close(): log, never raise over the first failure.
         beat.stop()
         try:
@@ -470,7 +358,7 @@ class RedisTarget:
             value = self.client.get(self._key(set_id, ":lock"))
         if value is None:
             return None
-        return _holder_text(value)
+        return holder_text(value)
 
     # -- applying ----------------------------------------------------------------------
 
@@ -480,23 +368,24 @@ class RedisTarget:
         if beat is not None and beat.lost:
             raise LockHeld(self.dbid, script.set_id, self.holder(script.set_id) or "")
         if script.kind == "py":
-            return self._apply_python(script, checksum)
+            up = script.load_up()
+            return apply_under_dirty_flag(self, script, checksum, lambda: self._python(script, up))
         commands = script.redis_commands()
         body = []
         for number, (line, argv) in enumerate(commands, 1):
-            _check_allowed(script.label, argv, number, line)
-            if _command_name(argv) in _SKIPPED:
+            check_allowed(script.label, argv, number, line)
+            if command_name(argv) in SKIPPED:
                 log.debug("%s: statement %d (line %d): %s skipped, the file already runs in MULTI/EXEC", script.label, number, line, argv[0])
             else:
                 body.append((number, line, argv))
         if no_transaction:
-            return self._apply_one_by_one(script, checksum, body)
+            return apply_under_dirty_flag(self, script, checksum, lambda: self._one_by_one(script, body))
         started = time.monotonic()
         results = self._claim(script, checksum, body)
         if results is None:
             return None
         duration = int((time.monotonic() - started) * 1000)
-        failures = [(step, reply) for step, reply in zip(body, results) if isinstance(reply, Exception)]
+        failures = [(step, reply) for step, reply in zip(body, results, strict=False) if isinstance(reply, Exception)]
         if failures:
             (number, line, _), exc = failures[0]
             more = f" ({len(failures) - 1} more command(s) failed too)" if len(failures) > 1 else ""
@@ -597,6 +486,21 @@ class RedisTarget:
         except Exception as exc:
             log.warning("%s: recording the failure of %s failed (it stays 'running'): %s", self.dbid, script.label, _one_line(exc))
 
+    # -- the dirty flag (orchestrator.targets._dirty), for no-transaction files and Python migrations --
+
+    def dirty_claim(self, script: Script, checksum: str) -> bool:
+        self._wrote = False
+        return self._claim(script, checksum, []) is not None
+
+    def dirty_applied(self, script: Script, checksum: str, duration_ms: int) -> None:
+        self._promote(script, checksum, duration_ms)
+
+    def dirty_failed(self, script: Script, checksum: str, duration_ms: int, failure: MigrationError) -> None:
+        if not self._wrote:
+            self._unclaim(script)  # nothing changed the data: the set is not blocked
+            return
+        self._fail(script, checksum, duration_ms, failure.statement, failure.line, failure.message)
+
     def _unclaim(self, script: Script) -> None:
         """Nothing ran: remove the ``running`` entry so that the set is not blocked."""
         try:
@@ -604,119 +508,39 @@ class RedisTarget:
         except Exception as exc:
             log.warning("%s: clearing the claim of %s failed (it stays 'running'): %s", self.dbid, script.label, _one_line(exc))
 
-    def _apply_one_by_one(self, script: Script, checksum: str, body: list[tuple[int, int, list[Any]]]) -> Applied | None:
+    def _one_by_one(self, script: Script, body: list[tuple[int, int, list[Any]]]) -> int:
         """``# orchestrator: no-transaction``: commands run one at a time, other clients interleave."""
-        started = time.monotonic()
-        if self._claim(script, checksum, []) is None:
-            return None
-        ran, wrote = 0, False
+        ran = 0
         for number, line, argv in body:
             with self._reachable(f"applying {script.label} (statement {number}; it stays 'running')"), self._connection() as conn:
                 reply = _roundtrip(conn, [argv])[0]
             if isinstance(reply, Exception):
-                duration = int((time.monotonic() - started) * 1000)
-                if wrote or _command_name(argv) in _SCRIPT_COMMANDS:
-                    self._fail(script, checksum, duration, number, line, _one_line(reply))
-                    raise MigrationError(script.label, f"{_one_line(reply)}; the commands before it stay applied, recorded as failed",
-                                         number, line)
-                self._unclaim(script)
-                raise MigrationError(script.label, f"{_one_line(reply)}; nothing was applied", number, line)
+                self._wrote = self._wrote or command_name(argv) in SCRIPT_COMMANDS  # a script stops at its error; what ran stays
+                after = "the commands before it stay applied, recorded as failed" if self._wrote else "nothing was applied"
+                raise MigrationError(script.label, f"{_one_line(reply)}; {after}", number, line)
             ran += 1
-            wrote = wrote or not self._readonly(_command_name(argv))
-        duration = int((time.monotonic() - started) * 1000)
-        self._promote(script, checksum, duration)
-        return Applied(script.version, ran, duration)
+            self._wrote = self._wrote or not self._readonly(command_name(argv))
+        return ran
 
-    def _apply_python(self, script: Script, checksum: str) -> Applied | None:
+    def _python(self, script: Script, up: Any) -> int:
         import redis
 
-        up = script.load_up()
-        started = time.monotonic()
-        if self._claim(script, checksum, []) is None:
-            return None
-        handle = RedisHandle(self, script.label)
-        failure: OrchestratorError | None = None
+        handle = RedisHandle(self.client, self.dbid, self.db.prefix, script.label, self._readonly)
         try:
             if up(handle) is False:
-                failure = MigrationError(script.label, "up() returned False", handle.failed_at)
-        except OrchestratorError as exc:
-            failure = exc
+                raise MigrationError(script.label, "up() returned False", handle.failed_at)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # Outcome unknown: the claim stays 'running' and blocks the set.
             raise TargetUnreachable(self.dbid, f"connection lost while applying {script.label} (it stays 'running'): "
                                     f"{_one_line(exc)}") from None
+        except OrchestratorError:
+            raise
         except Exception as exc:
-            failure = MigrationError(script.label, f"up() raised {type(exc).__name__}: {_one_line(exc)}".rstrip(": "),
-                                     handle.failed_at, _raise_line(exc, script))
-        duration = int((time.monotonic() - started) * 1000)
-        if failure is None:
-            self._promote(script, checksum, duration)
-            return Applied(script.version, handle.statements, duration)
-        if handle.ran_any:
-            line = failure.line if isinstance(failure, MigrationError) else None
-            message = failure.message if isinstance(failure, MigrationError) else str(failure)
-            self._fail(script, checksum, duration, handle.failed_at, line, message)
-        else:
-            self._unclaim(script)
-        raise failure
-
-
-_LOCK_VALUE = re.compile(r"^[0-9a-f]+(?:\.(?P<scope>[0-9a-f]+))? (?P<since>\d+) (?P<host>.+) pid (?P<pid>\d+)$")
-_scope: list[str | None] = []
-
-
-def _process_scope() -> str | None:
-    """Boot and PID namespace of this process (Linux), hashed; None where they cannot be read.
-
-    A pid means one process only within one boot of one PID namespace: two containers
-    sharing a host name must never judge each other's pids.
-    """
-    if not _scope:
-        try:
-            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-                boot = f.read().strip()
-            namespace = os.readlink("/proc/self/ns/pid")
-            _scope.append(hashlib.sha256(f"{boot} {namespace}".encode()).hexdigest()[:12])
-        except OSError:
-            _scope.append(None)
-    return _scope[0]
-
-
-def _holder_text(value: str) -> str:
-    """``host pid N since HH:MM:SSZ`` from a lock value ("" for a value another tool wrote)."""
-    parts = value.split(" ", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
-        return ""
-    since = datetime.fromtimestamp(int(parts[1]), timezone.utc).strftime("%H:%M:%SZ")
-    return f"{parts[2]} since {since}"
-
-
-def _holder_state(value: str) -> str:
-    """``gone``: its process is known to have exited (same host, boot and PID namespace, no such pid);
-    ``gone?``: same host, no such pid, but its namespace is unknown; else ``alive`` or ``unknown``."""
-    m = _LOCK_VALUE.match(value)
-    if m is None or m.group("host") != socket.gethostname():
-        return "unknown"
-    pid = int(m.group("pid"))
-    if pid == os.getpid():
-        return "alive"  # another run of this process
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        scope = _process_scope()
-        return "gone" if scope is not None and m.group("scope") == scope else "gone?"
-    except OSError:  # EPERM: it exists, another user's
-        return "alive"
-    return "alive"
-
-
-def _raise_line(exc: BaseException, script: Script) -> int | None:
-    """The line of the migration file where ``exc`` was raised (deepest frame in that file)."""
-    line = None
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if frame.filename == str(script.path):
-            line = frame.lineno
-    return line
+            raise MigrationError(script.label, f"up() raised {type(exc).__name__}: {_one_line(exc)}".rstrip(": "),
+                                 handle.failed_at, raise_line(exc, script.path)) from None
+        finally:
+            self._wrote = handle.ran_any
+        return handle.statements
 
 
 def _parse_meta(raw: str | bytes | None) -> dict[str, Any]:

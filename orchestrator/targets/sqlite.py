@@ -18,15 +18,17 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import LockHeld, MigrationError, TargetUnreachable
-from orchestrator.sqlsplit import split
+from orchestrator.sqlsplit import Statement, split
 from orchestrator.targets import Applied, runner_identity
 from orchestrator.targets._sql import SqlTarget
+from orchestrator.targets._where import ErrorAt, one_line
 
 if TYPE_CHECKING:
     from orchestrator.sets import Script
@@ -52,13 +54,14 @@ _NO_TRANSACTION_HINT = "; make '-- orchestrator: no-transaction' the first line 
 
 
 class SqliteTarget(SqlTarget):
+    """SQLite's hooks of the SqlTarget template; see the module's docstring."""
+
     driver = "sqlite"
     dialect = "sqlite"
     placeholder = "?"
 
     def __init__(self, db: Any, table: str):
         super().__init__(db, table)
-        self._set_id = ""
         self._missing = False
 
     def connect(self, readonly: bool = False) -> None:
@@ -129,12 +132,7 @@ class SqliteTarget(SqlTarget):
     def _is_missing_column(self, exc: BaseException) -> bool:
         return "no such column" in str(exc)
 
-    def applied(self, set_id: str):
-        if self._missing:
-            return {}
-        return super().applied(set_id)
-
-    def _execute(self, sql: str, params: Any = None) -> Any:
+    def _send(self, sql: str, params: Any) -> Any:
         # Connection.execute makes the cursor itself: per statement, two Python calls fewer.
         cur = self.connection.execute(sql, params) if params is not None else self.connection.execute(sql)
         return cur.fetchall() if cur.description else None
@@ -147,7 +145,7 @@ class SqliteTarget(SqlTarget):
         if self.connection.in_transaction:
             self._execute("ROLLBACK")
 
-    def _after_statement(self, script: Script, statement: Any, in_transaction: bool) -> None:
+    def _after_statement(self, script: Script, statement: Statement | None, in_transaction: bool) -> None:
         if not in_transaction:
             return
         if not self.connection.in_transaction:
@@ -170,7 +168,8 @@ class SqliteTarget(SqlTarget):
                                 "foreign keys stay %s%s", script.label, statement.number, statement.line,
                                 "ON" if current else "OFF", _NO_TRANSACTION_HINT)
 
-    def apply(self, script: Script) -> Any:
+    @contextmanager
+    def _around_migration(self, script: Script, in_transaction: bool) -> Iterator[None]:
         session = self._session_pragmas(script)
         synchronous = self.connection.execute("PRAGMA synchronous").fetchone()[0] if session is not None else None
         try:
@@ -178,17 +177,15 @@ class SqliteTarget(SqlTarget):
                 try:
                     self._execute(statement.text)
                 except sqlite3.Error as exc:
-                    message, line = self._error_message(exc, statement)
-                    raise MigrationError(script.label, message, statement.number, line) from None
-            applied = self._apply_as_one_script(script)
-            return super().apply(script) if applied is _STATEMENT_BY_STATEMENT else applied
-        except sqlite3.Error as exc:
-            # The body's own failures are MigrationErrors already; this is the ledger
-            # check, the ledger row or the commit (disk full, I/O error), all rolled back.
-            raise MigrationError(script.label, f"recording it failed, the migration was rolled back: {' '.join(str(exc).split())}") from None
+                    raise self._statement_failure(script, statement, exc) from None
+            yield
         finally:
             if synchronous is not None:  # the next migration starts from the connection's own setting
                 self._restore_synchronous(synchronous)
+
+    def _apply_in_transaction(self, script: Script, checksum: str, up: Any) -> Applied | None:
+        applied = self._apply_as_one_script(script)
+        return super()._apply_in_transaction(script, checksum, up) if applied is _STATEMENT_BY_STATEMENT else applied
 
     def _restore_synchronous(self, value: int) -> None:
         try:
@@ -219,7 +216,7 @@ class SqliteTarget(SqlTarget):
                                  f"migration's transaction (the database stays {current.upper()}){_NO_TRANSACTION_HINT}",
                                  statement.number, statement.line)
 
-    def _statements(self, script: Script, in_transaction: bool = False) -> Iterator[Any]:
+    def _statements(self, script: Script, in_transaction: bool = False) -> Iterator[Statement]:
         """The statements as written, each up to its ';' (trailing blanks and comments included).
 
         SQLite stores a CREATE INDEX (and others) in sqlite_master up to the ';', so
@@ -271,22 +268,21 @@ class SqliteTarget(SqlTarget):
             if self._recorded_after_failure(script):
                 return None  # another runner applied it after this one read the ledger
             return _STATEMENT_BY_STATEMENT
-        try:
-            if not self.connection.in_transaction:
-                raise MigrationError(script.label, "the migration's transaction ended early; check the database")
-            duration = self._record_and_commit(script, script.checksum, started)
-        except BaseException as exc:
-            return self._lost_race_or_raise(script, exc)
+        with self._recording_errors(script, "recording it failed, the migration was rolled back"):
+            try:
+                if not self.connection.in_transaction:
+                    raise MigrationError(script.label, "the migration's transaction ended early; check the database")
+                duration = self._record_and_commit(script, script.checksum, started)
+            except BaseException as exc:
+                if self._rolled_back_lost_race(script, exc):
+                    return None
+                raise
         return Applied(script.version, len(statements), duration)
 
-    def _apply_outside_transaction(self, script: Script, checksum: str, up: Any, started: float) -> Any:
+    @contextmanager
+    def _outside_transaction_lock(self, set_id: str) -> Iterator[None]:
         # No transaction holds the write lock while a no-transaction migration runs, so a
         # lock file beside the database keeps a second runner from running it too.
-        with self._file_lock(script.set_id):
-            return super()._apply_outside_transaction(script, checksum, up, started)
-
-    @contextmanager
-    def _file_lock(self, set_id: str) -> Iterator[None]:
         if self.db.path == ":memory:":
             yield
             return
@@ -322,28 +318,6 @@ class SqliteTarget(SqlTarget):
                 raise LockHeld(self.dbid, self._set_id or "*", f"another writer (waited busy_timeout {self.db.busy_timeout} ms)") from None
             raise
 
-    def lock(self, set_id: str, wait: float = 0):  # type: ignore[override]
-        # The file's write lock, taken per migration by BEGIN IMMEDIATE, is the lock.
-        self._set_id = set_id
-        return super().lock(set_id, wait)
-
-    def ensure_ledger(self) -> None:
-        # Check and create inside one write transaction: a racing process either
-        # sees the finished table or waits for it.
-        self._begin()
-        try:
-            columns = self._ledger_columns()
-            if not columns:
-                for sql in self._create_ledger_sql():
-                    self._execute(sql)
-            elif "set_id" not in columns:
-                for sql in self._upgrade_1_to_2_sql():
-                    self._execute(sql)
-            self._commit()
-        except BaseException:
-            self._safe_rollback()
-            raise
-
     def _upgrade_1_to_2_sql(self) -> list[str]:
         # SQLite cannot change a primary key in place: rebuild and copy, in one transaction.
         t, old = self._quote(self.table), self._quote(self.table + "_level1")
@@ -354,13 +328,13 @@ class SqliteTarget(SqlTarget):
             f"DROP TABLE {old}",
         ]
 
-    def _error_message(self, exc: BaseException, statement: Any) -> tuple[str, int | None]:
-        message = " ".join(str(exc).split()) or type(exc).__name__
+    def _error_at(self, exc: BaseException, statement: Statement) -> ErrorAt:
+        message = one_line(exc)
         if "within a transaction" in message or "inside a transaction" in message:  # VACUUM, PRAGMA journal_mode = WAL, ...
             message += _NO_TRANSACTION_HINT
-        elif statement is not None and "locked" in message and statement.text.lstrip()[:6].upper() == "PRAGMA":
+        elif "locked" in message and statement.text.lstrip()[:6].upper() == "PRAGMA":
             message += _NO_TRANSACTION_HINT  # PRAGMA wal_checkpoint inside the migration's own write transaction
-        return message, statement.line if statement else None
+        return ErrorAt(message, statement)
 
 
 def _as_written(text: str, statement: Any, pos: int) -> tuple[str, int] | None:

@@ -1,0 +1,150 @@
+"""MySQL session state between migrations: every migration starts from the session of connect.
+
+A migration may change session variables (FOREIGN_KEY_CHECKS, sql_mode, NAMES,
+time_zone, SET timestamp) and user variables; the mariadb client would start the
+next file in a new session. The runner keeps one session for the run (closing it,
+or COM_RESET_CONNECTION, would release its GET_LOCK), so it sets back what
+changed instead, checked by one prepared digest query per migration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["Session", "capture_session"]
+
+log = logging.getLogger("migrations")
+
+Execute = Callable[..., Any]
+
+# Session variables that change by themselves (or only read as 0) are not restored;
+# the current database's character set follows USE; autocommit and timestamp are
+# handled on their own.
+_SESSION_SKIP = frozenset({
+    "autocommit", "timestamp", "last_insert_id", "identity", "rand_seed1", "rand_seed2", "gtid_seq_no",
+    "last_gtid", "wsrep_gtid_seq_no", "character_set_database", "collation_database",
+})
+# Servers without information_schema.SYSTEM_VARIABLES (MySQL): the variables scripts and dumps set.
+_SESSION_COMMON = (
+    "auto_increment_increment", "auto_increment_offset", "big_tables", "block_encryption_mode",
+    "character_set_client", "character_set_connection", "character_set_results", "check_constraint_checks",
+    "collation_connection", "completion_type", "default_storage_engine", "default_tmp_storage_engine",
+    "default_week_format", "div_precision_increment", "explicit_defaults_for_timestamp", "foreign_key_checks",
+    "group_concat_max_len", "information_schema_stats_expiry", "innodb_lock_wait_timeout", "innodb_strict_mode",
+    "insert_id", "interactive_timeout", "lc_time_names", "lock_wait_timeout", "max_execution_time",
+    "max_heap_table_size", "max_join_size", "max_sort_length", "max_statement_time", "net_read_timeout",
+    "net_write_timeout", "optimizer_switch", "profiling", "sort_buffer_size", "sql_auto_is_null",
+    "sql_big_selects", "sql_log_bin", "sql_mode", "sql_notes", "sql_quote_show_create",
+    "sql_require_primary_key", "sql_safe_updates", "sql_select_limit", "sql_warnings", "time_zone",
+    "tmp_table_size", "transaction_isolation", "transaction_read_only", "tx_isolation", "tx_read_only",
+    "unique_checks", "wait_timeout",
+)
+# User variables that hold a value (one set to NULL reads as never set).
+_USER_VARIABLES = (
+    "SELECT VARIABLE_NAME, VARIABLE_VALUE, VARIABLE_TYPE FROM information_schema.USER_VARIABLES "
+    "WHERE VARIABLE_VALUE IS NOT NULL",
+    "SELECT VARIABLE_NAME, VARIABLE_VALUE, NULL FROM performance_schema.user_variables_by_thread "
+    "WHERE THREAD_ID = PS_CURRENT_THREAD_ID() AND VARIABLE_VALUE IS NOT NULL",
+)
+_SESSION_CHECK = "orchestrator_session_check"  # a prepared statement: parsing ~200 @@names costs 1 ms, running it 0.2
+_ER_UNKNOWN_PREPARED = 1243
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _errno(exc: BaseException) -> int | None:
+    args = getattr(exc, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+@dataclass
+class Session:
+    """The session as it was at connect, and a one-row query that tells whether it still is."""
+
+    names: tuple[str, ...]
+    values: tuple[Any, ...]
+    check: str  # the PREPARE text
+    expected: tuple[Any, ...]
+    user_query: str | None
+    user_vars: dict[str, tuple[Any, str | None]]
+
+    def restore(self, execute: Execute, errors: tuple[type[BaseException], ...], dbid: str) -> None:
+        """Set back whatever session variable or user variable the last migration changed (one query when none)."""
+        try:
+            state = tuple(execute(f"EXECUTE {_SESSION_CHECK}")[0])
+        except errors as exc:
+            if _errno(exc) != _ER_UNKNOWN_PREPARED:
+                raise
+            execute(f"PREPARE {_SESSION_CHECK} FROM %s", (self.check,))  # the migration deallocated it
+            state = tuple(execute(f"EXECUTE {_SESSION_CHECK}")[0])
+        if state == self.expected and not self.user_vars:
+            return
+        assignments: list[str] = []
+        params: list[Any] = []
+        if not state[1]:
+            assignments.append("timestamp = DEFAULT")
+        if state[0] != self.expected[0]:
+            now = execute("SELECT " + ", ".join(f"@@SESSION.{_quote(n)}" for n in self.names))[0]
+            for name, then, value in zip(self.names, self.values, now, strict=True):
+                if value != then:
+                    assignments.append(f"SESSION {_quote(name)} = %s")
+                    params.append(then)
+        if self.user_query is not None and (state[2] != len(self.user_vars) or self.user_vars):
+            current = {name: value for name, value, _ in execute(self.user_query) or ()}
+            for name in current.keys() - self.user_vars.keys():
+                assignments.append(f"@{_quote(name)} = NULL")
+            for name, (then, kind) in self.user_vars.items():
+                if current.get(name) != then:
+                    assignments.append(f"@{_quote(name)} = %s")
+                    params.append(_user_value(then, kind))
+        if assignments:
+            log.debug("%s: restoring the session: %s", dbid, ", ".join(assignments))
+            execute("SET " + ", ".join(assignments), tuple(params))
+
+
+def _user_value(value: Any, kind: str | None) -> Any:
+    # information_schema gives the text; the type comes back for numbers.
+    if value is not None and kind in ("INT", "DECIMAL", "DOUBLE"):
+        return {"INT": int, "DECIMAL": Decimal, "DOUBLE": float}[kind](value)
+    return value
+
+
+def capture_session(execute: Execute, errors: tuple[type[BaseException], ...], dbid: str) -> Session:
+    """The session's variables now: before the first migration they are still those of connect."""
+    try:
+        rows = execute(
+            "SELECT LOWER(VARIABLE_NAME) FROM information_schema.SYSTEM_VARIABLES "
+            "WHERE VARIABLE_SCOPE IN ('SESSION', 'SESSION ONLY') AND READ_ONLY = 'NO'"
+        )
+        names = {row[0] for row in rows or ()}
+    except errors:  # MySQL has no such table: the variables scripts commonly set
+        names = set(_SESSION_COMMON) & {row[0].lower() for row in execute("SHOW SESSION VARIABLES") or ()}
+    # Character sets before collations (setting one resets the other).
+    ordered = tuple(sorted(names - _SESSION_SKIP, key=lambda n: (
+        not n.startswith("character_set_"), not n.startswith("collation_"), n)))
+    values = tuple(execute("SELECT " + ", ".join(f"@@SESSION.{_quote(n)}" for n in ordered))[0])
+    user_query, user_vars = None, {}
+    for candidate in _USER_VARIABLES:
+        try:
+            user_vars = {name: (value, kind) for name, value, kind in execute(candidate) or ()}
+        except errors:
+            continue
+        user_query = candidate
+        break
+    else:
+        log.debug("%s: user variables cannot be listed on this server; they are not reset between migrations", dbid)
+    # One row: a digest of every variable, whether SET timestamp froze the clock, how many user variables hold a value.
+    quoted = ", ".join(f"QUOTE(@@SESSION.{_quote(n)})" for n in ordered)
+    check = f"SELECT MD5(CONCAT_WS(',', {quoted})), NOW() = SYSDATE()"
+    if user_query:
+        check += f", (SELECT COUNT(*) FROM ({user_query}) AS u)"
+    execute(f"PREPARE {_SESSION_CHECK} FROM %s", (check,))
+    digest = execute(f"EXECUTE {_SESSION_CHECK}")[0][0]
+    expected = (digest, 1, len(user_vars)) if user_query else (digest, 1)
+    return Session(ordered, values, check, expected, user_query, user_vars)
