@@ -6,8 +6,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator.errors import MigrationError
+from orchestrator.redact import redact
+from orchestrator.targets._where import one_line
 
-__all__ = ["FORBIDDEN", "SCRIPT_COMMANDS", "SKIPPED", "RedisHandle", "check_allowed", "command_name"]
+__all__ = ["FORBIDDEN", "SCRIPT_COMMANDS", "SKIPPED", "RedisHandle", "check_allowed", "command_name", "connect_cause", "roundtrip"]
 
 SKIPPED = ("MULTI", "EXEC")
 """Transaction wrappers a file written for redis-cli may hold; the file already runs in one."""
@@ -94,3 +96,37 @@ def check_allowed(label: str, argv: Sequence[Any], number: int, line: int | None
     name = command_name(argv)
     if name in FORBIDDEN:
         raise MigrationError(label, f"{name} is not allowed in a migration: {FORBIDDEN[name]}", number, line)
+
+
+def roundtrip(conn: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Send commands in one write, read one reply each; error replies come back as exception objects."""
+    import redis
+
+    conn.send_packed_command(conn.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            # Undecoded: a migration's binary reply must not break the reply stream.
+            replies.append(conn.read_response(disable_decoding=True))
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+def connect_cause(exc: BaseException, db: Any) -> str:
+    """What a failed connect says: the cause and what to check, never the password."""
+    import redis
+
+    where = f"{db.ip}:{db.port}"
+    reason = redact(one_line(exc)[:500]).rstrip(".")
+    if isinstance(exc, redis.AuthenticationError):
+        who = f"user {db.user!r}" if db.user else "the default user"
+        return f"authentication failed at {where} as {who}: {reason}; check user and password in the config"
+    if isinstance(exc, redis.TimeoutError):
+        return f"no answer from {where} within {db.timeout}s (connection_timeout)"
+    if isinstance(exc, redis.ConnectionError):
+        os_error = exc.__cause__ or exc.__context__  # redis-py wraps the socket error in a sentence naming host and port
+        if isinstance(os_error, OSError) and os_error.strerror:
+            reason = os_error.strerror
+        return f"cannot connect to {where}: {reason}"
+    return f"{where} refused the session: {reason}"

@@ -13,13 +13,14 @@ import os
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.targets._where import one_line
 
-__all__ = ["Heartbeat", "holder_state", "holder_text", "process_scope"]
+__all__ = ["Heartbeat", "holder_for_error", "holder_state", "holder_text", "process_scope"]
 
 log = logging.getLogger("migrations")
 
@@ -101,3 +102,16 @@ def holder_state(value: str) -> str:
     except OSError:  # EPERM: it exists, another user's
         return "alive"
     return "alive"
+
+
+def holder_for_error(value: str, state: str, pttl: int) -> str:
+    """The holder for a LockHeld message; a holder known to be gone comes with when its lock expires."""
+    text = holder_text(value)
+    if pttl and pttl > 0:
+        expires = datetime.fromtimestamp(time.time() + pttl / 1000, UTC).strftime("%H:%M:%SZ")
+        if state == "gone":
+            text += f" (that process no longer exists; its lock expires at {expires})"
+        else:
+            text += (f" (no such process here, though it may run in another container or boot of this host; "
+                     f"its lock expires at {expires} unless renewed)")
+    return text

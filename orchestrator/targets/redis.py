@@ -25,9 +25,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import defaults
@@ -35,8 +34,17 @@ from orchestrator.errors import FailedState, LockHeld, MigrationError, Orchestra
 from orchestrator.redact import redact
 from orchestrator.targets import Applied, LedgerRow, runner_identity
 from orchestrator.targets._dirty import apply_under_dirty_flag
-from orchestrator.targets._redis_commands import SCRIPT_COMMANDS, SKIPPED, RedisHandle, check_allowed, command_name
-from orchestrator.targets._redis_lock import Heartbeat, holder_state, holder_text, process_scope
+from orchestrator.targets._redis_commands import (
+    SCRIPT_COMMANDS,
+    SKIPPED,
+    RedisHandle,
+    check_allowed,
+    command_name,
+    connect_cause,
+    roundtrip,
+)
+from orchestrator.targets._redis_ledger import ledger_rows, parse_meta
+from orchestrator.targets._redis_lock import Heartbeat, holder_for_error, holder_state, holder_text, process_scope
 from orchestrator.targets._where import raise_line
 
 if TYPE_CHECKING:
@@ -62,21 +70,6 @@ _ERROR_MAX = 500
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return redact(text[:_ERROR_MAX]) or type(exc).__name__
-
-
-def _roundtrip(conn: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
-    """Send commands in one write, read one reply each; error replies come back as exception objects."""
-    import redis
-
-    conn.send_packed_command(conn.pack_commands(commands))
-    replies: list[Any] = []
-    for _ in commands:
-        try:
-            # Undecoded: a migration's binary reply must not break the reply stream.
-            replies.append(conn.read_response(disable_decoding=True))
-        except redis.ResponseError as exc:
-            replies.append(exc)
-    return replies
 
 
 class RedisTarget:
@@ -121,26 +114,9 @@ class RedisTarget:
         except redis.RedisError as exc:
             self.client.close()
             self.client = None
-            raise TargetUnreachable(self.dbid, self._connect_cause(exc)) from None
+            raise TargetUnreachable(self.dbid, connect_cause(exc, self.db)) from None
         for name, source in (("renew", _RENEW), ("release", _RELEASE), ("record", _RECORD), ("take_over", _TAKE_OVER)):
             self._scripts[name] = self.client.register_script(source)
-
-    def _connect_cause(self, exc: BaseException) -> str:
-        import redis
-
-        where = f"{self.db.ip}:{self.db.port}"
-        reason = _one_line(exc).rstrip(".")
-        if isinstance(exc, redis.AuthenticationError):
-            who = f"user {self.db.user!r}" if self.db.user else "the default user"
-            return f"authentication failed at {where} as {who}: {reason}; check user and password in the config"
-        if isinstance(exc, redis.TimeoutError):
-            return f"no answer from {where} within {self.db.timeout}s (connection_timeout)"
-        if isinstance(exc, redis.ConnectionError):
-            os_error = exc.__cause__ or exc.__context__  # redis-py wraps the socket error in a sentence naming host and port
-            if isinstance(os_error, OSError) and os_error.strerror:
-                reason = os_error.strerror
-            return f"cannot connect to {where}: {reason}"
-        return f"{where} refused the session: {reason}"
 
     @contextmanager
     def _reachable(self, doing: str) -> Iterator[None]:
@@ -177,7 +153,7 @@ class RedisTarget:
         if name not in self._readonly_cache:
             try:
                 with self._connection() as conn:
-                    info = _roundtrip(conn, [("COMMAND", "INFO", name)])[0]
+                    info = roundtrip(conn, [("COMMAND", "INFO", name)])[0]
                 self._readonly_cache[name] = bool(info and info[0] and b"readonly" in info[0][2])
             except Exception:  # no COMMAND permission, or an old server: assume it wrote
                 self._readonly_cache[name] = False
@@ -224,26 +200,7 @@ class RedisTarget:
             except redis.ResponseError as exc:
                 hint = "; they must be hashes (or absent)" if "WRONGTYPE" in str(exc) else ""
                 raise OrchestratorError(f"{self.dbid}: cannot read the ledger hashes {ledger} and {meta}: {_one_line(exc)}{hint}") from None
-        rows: dict[str, LedgerRow] = {}
-        for version, stamp in versions.items():
-            info = _parse_meta(metas.get(version))
-            rows[version] = LedgerRow(
-                version=version, apply_time=_int(stamp), set_id=info.get("set_id") or set_id, checksum=info.get("checksum"),
-                duration_ms=info.get("duration_ms"), status="applied", applied_by=info.get("applied_by"),
-            )
-        for version, raw in metas.items():
-            info = _parse_meta(raw) if raw else {}
-            status = info.get("status") if raw else None
-            if version in rows or status == "applied":
-                continue  # only the version hash says "applied"; a stale meta entry alone means nothing
-            rows[version] = LedgerRow(
-                version=version, apply_time=_int(info.get("apply_time")), set_id=info.get("set_id") or set_id,
-                checksum=info.get("checksum"), duration_ms=info.get("duration_ms"),
-                status=status if status in ("failed", "running") else "failed",
-                statement=info.get("statement"), error=info.get("error") or ("unreadable meta entry" if not info else None),
-                applied_by=info.get("applied_by"),
-            )
-        return dict(sorted(rows.items()))
+        return ledger_rows(versions, metas, set_id)
 
     def ensure_ledger(self) -> None:
         """Nothing to create: the hashes appear with their first entry."""
@@ -331,17 +288,9 @@ class RedisTarget:
         value = self.client.get(key)
         if value is None:
             return ""
-        text = holder_text(value)
         state = holder_state(value)
         pttl = self.client.pttl(key) if state in ("gone", "gone?") else 0
-        if pttl and pttl > 0:
-            expires = datetime.fromtimestamp(time.time() + pttl / 1000, UTC).strftime("%H:%M:%SZ")
-            if state == "gone":
-                text += f" (that process no longer exists; its lock expires at {expires})"
-            else:
-                text += (f" (no such process here, though it may run in another container or boot of this host; "
-                         f"its lock expires at {expires} unless renewed)")
-        return text
+        return holder_for_error(value, state, pttl)
 
     def _release(self, set_id: str, beat: Heartbeat) -> None:
         # Runs in finally blocks and close(): log, never raise over the first failure.
@@ -409,19 +358,19 @@ class RedisTarget:
             with self._reachable(f"applying {script.label}"), self._connection() as conn:
                 # An empty MULTI/EXEC first: if this user may not run them, the body would
                 # otherwise run outside any transaction.
-                probe = _roundtrip(conn, [("MULTI",), ("EXEC",), ("WATCH", ledger, meta), ("HEXISTS", ledger, version), ("HGET", meta, version)])
+                probe = roundtrip(conn, [("MULTI",), ("EXEC",), ("WATCH", ledger, meta), ("HEXISTS", ledger, version), ("HGET", meta, version)])
                 for reply in probe:
                     if isinstance(reply, Exception):
                         raise OrchestratorError(f"{self.dbid}/{script.set_id}: cannot check the ledger before {script.label}: "
                                                 f"{_one_line(reply)}; the user needs MULTI, EXEC, WATCH and hash commands on {ledger}*")
-                info = _parse_meta(probe[4]) if probe[4] is not None else {}
+                info = parse_meta(probe[4]) if probe[4] is not None else {}
                 if probe[3] or info.get("status") in ("failed", "running"):
-                    _roundtrip(conn, [("UNWATCH",)])
+                    roundtrip(conn, [("UNWATCH",)])
                     if probe[3]:
                         return None
                     raise FailedState(f"{self.dbid}/{script.set_id}: {version} was recorded {info['status']} by "
                                       f"{info.get('applied_by') or 'another runner'} meanwhile; see 'orchestrator resolve'")
-                replies = _roundtrip(conn, [("MULTI",), *(argv for _, _, argv in body), ("HSET", meta, version, running), ("EXEC",)])
+                replies = roundtrip(conn, [("MULTI",), *(argv for _, _, argv in body), ("HSET", meta, version, running), ("EXEC",)])
                 outcome = replies[-1]
                 if outcome is None:
                     continue  # WATCH fired: another client wrote the ledger; look again
@@ -513,7 +462,7 @@ class RedisTarget:
         ran = 0
         for number, line, argv in body:
             with self._reachable(f"applying {script.label} (statement {number}; it stays 'running')"), self._connection() as conn:
-                reply = _roundtrip(conn, [argv])[0]
+                reply = roundtrip(conn, [argv])[0]
             if isinstance(reply, Exception):
                 self._wrote = self._wrote or command_name(argv) in SCRIPT_COMMANDS  # a script stops at its error; what ran stays
                 after = "the commands before it stay applied, recorded as failed" if self._wrote else "nothing was applied"
@@ -541,21 +490,3 @@ class RedisTarget:
         finally:
             self._wrote = handle.ran_any
         return handle.statements
-
-
-def _parse_meta(raw: str | bytes | None) -> dict[str, Any]:
-    """A meta entry as a dict; {} for a missing or hand-edited entry that is not a JSON object."""
-    if raw is None:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return 0
