@@ -1,14 +1,37 @@
 """Targets: where migrations run. One module per engine behind one small protocol.
 
-To add an engine:
+To add an engine, touch each of these places (the contract suite fails until all are done):
 
-1. write ``orchestrator/targets/<driver>.py`` with a class implementing :class:`Target`
-   (subclass :class:`orchestrator.targets._sql.SqlTarget` for a SQL engine: it
-   already holds the ledger logic, statement execution and Python migrations);
-2. add its config entry model to :mod:`orchestrator.config` and register the
-   driver name used in dbids in ``_REGISTRY`` below;
-3. add it to the ``target`` fixture so that ``tests/contract`` passes for it, and
-   put its quirks in ``tests/targets/test_<driver>.py``.
+1. ``orchestrator/targets/<driver>.py``: a class implementing :class:`Target`.
+   A SQL engine subclasses :class:`orchestrator.targets._sql.SqlTarget`, which
+   already implements all nine protocol methods; it fills in hooks only. Required:
+   ``connect``, ``_driver_errors``, ``_is_missing_table``, ``_is_missing_column``,
+   ``_ledger_columns``, ``_upgrade_1_to_2_sql`` (and ``_is_duplicate`` when
+   ``transactional_ddl`` is False). Usually also: ``_lost_reason`` (a lost
+   connection becomes TargetUnreachable here, never in the fleet), ``_describe``
+   and ``_error_at`` (the message, and where in the statement the error is: the
+   file line is worked out in :mod:`~orchestrator.targets._where`), the lock
+   primitives ``_try_lock``/``_unlock``/``_holder``, and ``_around_migration`` for
+   per-migration session state. Each hook's docstring (in ``_sql_ledger`` and
+   ``_sql``) says what it must do. Another engine implements the protocol itself:
+   raise TargetUnreachable for a lost connection, run what cannot commit with its
+   ledger entry through :func:`orchestrator.targets._dirty.apply_under_dirty_flag`,
+   and give a Python migration's failure the line of ``_where.raise_line``.
+2. ``_REGISTRY`` below: the driver name used in dbids -> ``module:Class``.
+3. ``orchestrator/config.py``: its entry model (a ``_Server`` or ``_Strict`` subclass
+   with ``driver``) and the name in ``DRIVERS``; ``orchestrator/defaults.py``: its
+   ``CONNECT_TIMEOUT``; ``orchestrator/inventory/sources.py``: the model in its
+   driver map.
+4. ``orchestrator/sets.py``: the file names a per-engine migration folder holds for
+   it and which kinds (sql, py, redis) run on it; a new SQL dialect also needs a
+   scanner in ``orchestrator/sqlsplit`` (``_DIALECTS``) and the class's ``dialect``.
+5. ``orchestrator/lint/``: the engine's rules, if its files have pitfalls to flag.
+6. ``pyproject.toml``: its driver package (imported lazily, inside ``connect``).
+7. Tests: a fixture in ``tests/conftest.py`` (``ENGINES``, ``engine_entry``), an
+   :class:`Engine` adapter in ``tests/contract/conftest.py`` so that
+   ``tests/contract`` runs for it, and its quirks in ``tests/targets/test_<driver>.py``.
+8. ``README.md`` (config entry, ledger, locking), ``deploy/compose.yaml`` (a server
+   for the tests) and ``bench/fleet.py`` (``ENGINES``).
 
 Guidelines: a target never touches the filesystem for migrations (it receives a
 :class:`~orchestrator.sets.Script`), takes its settings only from its config
