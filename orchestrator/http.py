@@ -35,16 +35,15 @@ from urllib.parse import urlsplit
 from orchestrator import defaults
 from orchestrator.errors import ConfigError
 from orchestrator.redact import redact
+from orchestrator.state import STATES
 
 if TYPE_CHECKING:
     from orchestrator.config import HttpConfig
-    from orchestrator.fleet import BindingStatus
+    from orchestrator.state import BindingStatus
 
 __all__ = ["MetricsSource", "StatusServer", "StatusSource", "check_http_config", "is_loopback", "render_page"]
 
 log = logging.getLogger("http")
-
-_STATES = ("current", "pending", "failed", "drift", "unreachable", "locked")
 
 
 class StatusSource(Protocol):
@@ -150,7 +149,7 @@ def render_page(rows: list[tuple[BindingStatus, dict[str, Any]]], daemon: dict[s
     sets = sorted({b.set_id for b, _ in rows} | set(set_info))
     targets = sorted({b.dbid for b, _ in rows})
     by_key = {(b.set_id, b.dbid): (b, n) for b, n in rows}
-    counts = dict.fromkeys(_STATES, 0)
+    counts = dict.fromkeys(STATES, 0)
     for b, _ in rows:
         counts[b.state] = counts.get(b.state, 0) + 1
     summary = "".join(f'<span class="chip st-{e(s)}" data-count-state="{e(s)}">{e(s)} <b>{n}</b></span>' for s, n in counts.items())

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.state import STATES
+
 if TYPE_CHECKING:
     from orchestrator.http import StatusSource
 
 __all__ = ["Metrics"]
 
-_STATES = ("current", "pending", "failed", "drift", "unreachable", "locked")
 _RUN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
@@ -69,7 +70,7 @@ class _SnapshotCollector:
         for binding, notes in self._source.rows():
             labels = [binding.set_id, binding.dbid]
             pending.add_metric(labels, len(binding.pending))
-            for name in _STATES:
+            for name in STATES:
                 state.add_metric([*labels, name], 1.0 if binding.state == name else 0.0)
             if binding.last_apply_time:
                 last.add_metric(labels, float(binding.last_apply_time))

@@ -21,13 +21,13 @@ from orchestrator import fleet, render
 from orchestrator.daemon.common import hms, iso, shard_targets
 from orchestrator.errors import OrchestratorError
 from orchestrator.redact import redact
+from orchestrator.state import BindingStatus, FleetReport
 
 if TYPE_CHECKING:
     from orchestrator.backoff import Backoff, Clock
     from orchestrator.config import Config
     from orchestrator.daemon.metrics import Metrics
     from orchestrator.daemon.snapshot import Snapshot
-    from orchestrator.fleet import BindingStatus, FleetReport
     from orchestrator.watcher import Watcher
 
 __all__ = ["Outcome", "Runs", "SetRuns", "stronger"]
@@ -167,7 +167,7 @@ class Runs:
         except OrchestratorError as exc:  # the set itself is unusable (bad file, duplicate version): every binding shows it
             message = redact(str(exc))
             log.error("%s: %s", name, message)
-            report = fleet.FleetReport([fleet.BindingStatus(name, dbid, "failed", error=message, set_error=True)
+            report = FleetReport([BindingStatus(name, dbid, "failed", error=message, set_error=True)
                                         for dbid in shard_targets(config, name, self.shard)])
             return Outcome(name, reason, "catch-up", report, frozenset(), started, time.monotonic() - clock_start, message)
         return Outcome(name, reason, "status" if status_only else "catch-up", report, frozenset(skipped), started,

@@ -36,6 +36,7 @@ from orchestrator.watcher import Watcher
 if TYPE_CHECKING:
     from orchestrator.backoff import Clock
     from orchestrator.config import Config
+    from orchestrator.state import BindingStatus
 
 __all__ = ["Daemon", "command", "parse_shard", "run_once"]
 
@@ -110,7 +111,7 @@ class Daemon:
         """The /status document (see :meth:`Snapshot.status`)."""
         return self.snapshot.status()
 
-    def rows(self) -> list[tuple[fleet.BindingStatus, dict[str, Any]]]:
+    def rows(self) -> list[tuple[BindingStatus, dict[str, Any]]]:
         return self.snapshot.rows()
 
     # -- life cycle ------------------------------------------------------------------

@@ -16,13 +16,14 @@ from collections.abc import Hashable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from orchestrator import __version__, fleet
+from orchestrator import __version__
 from orchestrator.daemon.common import describe_seconds, iso, shard_targets
+from orchestrator.state import FleetReport
 
 if TYPE_CHECKING:
     from orchestrator.backoff import Backoff
     from orchestrator.config import Config
-    from orchestrator.fleet import BindingStatus
+    from orchestrator.state import BindingStatus
 
 __all__ = ["DaemonView", "Snapshot"]
 
@@ -126,7 +127,7 @@ class Snapshot:
 
     def status(self) -> dict[str, Any]:
         rows = self.rows()
-        data: dict[str, Any] = fleet.FleetReport([binding for binding, _ in rows]).to_json()
+        data: dict[str, Any] = FleetReport([binding for binding, _ in rows]).to_json()
         for item, (_, notes) in zip(data["bindings"], rows, strict=True):
             if notes:  # a failing binding: when it is tried next
                 item["next_retry"] = iso(datetime.fromtimestamp(notes["next_retry"], UTC))
