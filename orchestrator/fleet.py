@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from orchestrator import defaults
 from orchestrator.config import Config, load
@@ -135,33 +135,18 @@ def _in_slot(run: Run, work: Work, dbid: str) -> list[BindingStatus]:
         return work(run, dbid)
 
 
-def _failure_state(dbid: str, target: Target | None, exc: BaseException) -> tuple[str, str]:
-    """(state, message) for an exception met while working on a target."""
+def _failure_state(dbid: str, exc: BaseException) -> tuple[str, str]:
+    """(state, message) for an exception met while working on a target.
+
+    Targets raise TargetUnreachable for a lost connection themselves, so no driver object is inspected here.
+    """
     if isinstance(exc, TargetUnreachable):
         return "unreachable", one_line(exc)
     if isinstance(exc, LockHeld):
         return "locked", one_line(exc)
     if isinstance(exc, OrchestratorError):
-        return ("unreachable" if _connection_lost(target, exc) else "failed"), one_line(exc)
-    if _connection_lost(target, exc):
-        return "unreachable", f"{dbid}: connection lost: {one_line(exc)}"
+        return "failed", one_line(exc)
     return "failed", f"{dbid}: {type(exc).__name__}: {one_line(exc)}"
-
-
-def _connection_lost(target: Any, exc: BaseException) -> bool:
-    """Best effort: did the session die (network cut, server gone) rather than the statement fail?"""
-    conn = getattr(target, "connection", None)
-    if conn is not None:
-        if getattr(conn, "broken", False) or getattr(conn, "closed", False) is True:
-            return True  # psycopg
-        if getattr(conn, "open", True) is False:
-            return True  # PyMySQL drops its socket on a lost connection
-    cause: BaseException | None = exc
-    while cause is not None:
-        if type(cause).__name__ in ("ConnectionError", "TimeoutError", "ConnectionResetError", "BrokenPipeError"):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
 
 
 # -- the per-target worker -------------------------------------------------------
@@ -188,7 +173,7 @@ def _per_binding(run: Run, dbid: str, readonly: bool, body: Body) -> list[Bindin
     try:
         target = _open(run, dbid, readonly)
     except Exception as exc:  # every failure to connect becomes this target's state
-        down = _failure_state(dbid, None, exc)
+        down = _failure_state(dbid, exc)
     try:
         for set_name in run.groups[dbid]:
             if down is None and run.stop_requested():
@@ -226,7 +211,7 @@ def _one_binding(info: SetInfo, dbid: str, target: Target | None, body: Body) ->
     try:
         return body(target, info, driver)
     except Exception as exc:
-        state, message = _failure_state(dbid, target, exc)
+        state, message = _failure_state(dbid, exc)
         return BindingStatus(info.spec.name, dbid, state, error=message, driver=driver, apply=info.spec.apply)
 
 
@@ -313,7 +298,7 @@ def _catch_up_binding(run: Run, target: Target, info: SetInfo, driver: str, lock
                 should_stop=run.stop_requested, on_applied=applied.append)
         rows = target.applied(set_id)  # the ledger as this run left it
     except Exception as exc:
-        failure = _failure_state(target.dbid, target, exc)
+        failure = _failure_state(target.dbid, exc)
     if failure is not None and failure[0] != "unreachable":
         rows, failure = _reread(target, set_id, rows, failure)
     return _after_run(run, info, target.dbid, driver, rows, [a.version for a in applied], failure)
@@ -325,7 +310,7 @@ def _reread(target: Target, set_id: str, rows: dict[str, LedgerRow],
     try:
         return target.applied(set_id), failure
     except Exception as exc:
-        lost = _failure_state(target.dbid, target, exc)
+        lost = _failure_state(target.dbid, exc)
         return rows, lost if lost[0] == "unreachable" else failure
 
 
