@@ -1,0 +1,185 @@
+"""The work queue of a cluster: procrastinate jobs in the control store, one job per target.
+
+A run of a set becomes one job per target (``orchestrator.migrate_target``, args
+``dbid``, ``sets``, ``reason``, ``attempt``), deferred with two procrastinate locks:
+``queueing_lock`` = the target and its sets, so a run noticed by N replicas is queued
+once while it waits; ``lock`` = the target, so one replica at a time works on a
+target. Each replica runs a procrastinate worker (``daemon.workers`` jobs at a time)
+on its own event loop thread; the worker claims jobs with ``SKIP LOCKED`` and
+heartbeats. Every ``lease / 3`` s each replica also hands stalled jobs back to the
+queue: those of workers whose heartbeat is older than the lease (killed, frozen or
+cut off) and those a worker dropped when it stopped. A store that goes away stops
+the worker; it starts again (claiming nothing meanwhile) when the store answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.cluster.control import QUEUE, TASK
+from orchestrator.cluster.store import StoreUnavailable, conninfo_params
+from orchestrator.redact import redact
+
+if TYPE_CHECKING:
+    from orchestrator.config import PostgresqlConfig
+
+__all__ = ["Engine", "Handler", "queueing_lock"]
+
+log = logging.getLogger("cluster")
+
+# handler(dbid, sets, reason, attempt): catch up those sets of that target (the daemon's side of a job).
+Handler = Callable[[str, list[str], str, int], None]
+
+
+def queueing_lock(dbid: str, sets: list[str]) -> str:
+    """At most one waiting job per target and set list: the same run noticed twice is queued once."""
+    return f"{dbid}|{','.join(sets)}"
+
+
+class Engine:
+    """This replica's side of the queue: defer jobs, run a worker, hand stalled jobs back."""
+
+    def __init__(self, db: PostgresqlConfig, handler: Handler, *, workers: int, lease: float, name: str):
+        self.db = db
+        self.handler = handler
+        self.workers = workers
+        self.lease = lease
+        self.name = name
+        self.worker_id: int | None = None  # procrastinate's id of this replica's current worker
+        self.connected = False
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._worker: Any = None
+        self._defer_app: Any = None
+        self._defer_lock = threading.Lock()
+
+    # -- deferring (any thread) --------------------------------------------------------
+
+    def enqueue(self, dbid: str, sets: list[str], reason: str, attempt: int = 0, delay: float = 0.0) -> bool:
+        """Queue one target's work; False when the same work already waits. :class:`StoreUnavailable` if cut off."""
+        from procrastinate.exceptions import AlreadyEnqueued
+
+        app = self._deferrer()
+        options: dict[str, Any] = {"lock": dbid, "queueing_lock": queueing_lock(dbid, sets), "queue": QUEUE}
+        if delay > 0:
+            options["schedule_in"] = {"seconds": delay}
+        try:
+            app.configure_task(TASK, **options).defer(dbid=dbid, sets=sets, reason=reason, attempt=attempt)
+        except AlreadyEnqueued:
+            return False
+        except Exception as exc:  # procrastinate's ConnectorException, psycopg and pool errors alike
+            raise StoreUnavailable(f"control store {self.db.dbid}: {redact(' '.join(str(exc).split()))}") from None
+        return True
+
+    def _deferrer(self) -> Any:
+        from procrastinate import App, SyncPsycopgConnector
+
+        with self._defer_lock:
+            if self._defer_app is None:
+                connector = SyncPsycopgConnector(kwargs=conninfo_params(self.db, f"orchestrator {self.name}"),
+                                                 min_size=0, max_size=4, timeout=float(self.db.timeout))
+                app = App(connector=connector)
+                try:
+                    app.open()
+                except Exception as exc:
+                    raise StoreUnavailable(f"control store {self.db.dbid}: {redact(str(exc))}") from None
+                self._defer_app = app
+            return self._defer_app
+
+    # -- the worker (its own thread and event loop) -----------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="cluster-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Claim nothing new, let the jobs in flight end (they hand back what they did not do), unregister."""
+        self._stopping.set()
+        worker = self._worker
+        if worker is not None:
+            worker.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._defer_lock:
+            if self._defer_app is not None:
+                try:
+                    self._defer_app.close()
+                except Exception:
+                    pass
+                self._defer_app = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def _main(self) -> None:
+        wait = 0.5
+        while not self._stopping.is_set():
+            try:
+                asyncio.run(self._serve())
+                wait = 0.5
+            except Exception as exc:
+                if not self._stopping.is_set():
+                    log.warning("control store %s: %s; claiming nothing until it answers", self.db.dbid,
+                                redact(" ".join(str(exc).split()) or type(exc).__name__))
+            self.connected = False
+            self.worker_id = None
+            self._worker = None
+            if self._stopping.wait(wait):
+                break
+            wait = min(wait * 2, max(1.0, self.lease / 3))
+
+    async def _serve(self) -> None:
+        from procrastinate import App, PsycopgConnector
+        from procrastinate.worker import Worker
+
+        connector = PsycopgConnector(kwargs=conninfo_params(self.db, f"orchestrator {self.name}"),
+                                     min_size=1, max_size=self.workers + 3, timeout=float(self.db.timeout))
+        app = App(connector=connector)
+        app.task(name=TASK, queue=QUEUE, pass_context=True)(self._job)
+        async with app.open_async():
+            worker = Worker(app, queues=[QUEUE], name=f"orchestrator {self.name}", concurrency=self.workers,
+                            install_signal_handlers=False, update_heartbeat_interval=max(0.5, self.lease / 3),
+                            stalled_worker_timeout=self.lease, delete_jobs="successful",
+                            fetch_job_polling_interval=max(0.5, min(5.0, self.lease / 3)),
+                            abort_job_polling_interval=max(0.5, min(5.0, self.lease / 3)))
+            self._worker = worker
+            if self._stopping.is_set():
+                return
+            side = asyncio.create_task(self._reap(app, worker))
+            try:
+                await worker.run()  # type: ignore[no-untyped-call]
+            finally:
+                side.cancel()
+                await asyncio.gather(side, return_exceptions=True)
+
+    async def _reap(self, app: Any, worker: Any) -> None:
+        """Every lease/3: hand back the jobs of dead workers; note this worker's id once registered."""
+        interval = max(0.5, self.lease / 3)
+        for _ in range(100):  # the worker registers itself right after it starts
+            if worker.worker_id is not None:
+                break
+            await asyncio.sleep(0.05)
+        while True:
+            if worker.worker_id is not None:
+                self.worker_id = worker.worker_id
+                self.connected = True
+            try:
+                await app.job_manager.prune_stalled_workers(self.lease)
+                for job in await app.job_manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=self.lease):
+                    try:
+                        await app.job_manager.retry_job(job)
+                        log.info("%s: claim of a replica gone silent handed back to the queue",
+                                 job.task_kwargs.get("dbid", "?"))
+                    except Exception:
+                        pass  # another replica handed it back first
+            except Exception as exc:
+                log.debug("stalled-job check failed: %s", redact(str(exc)))
+            await asyncio.sleep(interval)
+
+    def _job(self, context: Any, dbid: str, sets: list[str], reason: str = "schedule", attempt: int = 0) -> None:
+        self.handler(dbid, list(sets), reason, attempt)

@@ -1,0 +1,42 @@
+"""``orchestrator cluster status``: the live replicas (and dead ones until their lease ends) and the queued work."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.cluster import control, store
+
+if TYPE_CHECKING:
+    from orchestrator.config import PostgresqlConfig
+
+__all__ = ["read", "render"]
+
+
+def read(db: PostgresqlConfig, lease: float) -> dict[str, Any]:
+    """The cluster as the control store sees it (StoreUnavailable when it cannot be read)."""
+    with store.session(db) as conn:
+        steps = store.applied_steps(conn)
+        if not steps:
+            return {"store": db.dbid, "schema_steps": [], "replicas": [], "queued": [], "lease_s": lease}
+        return {"store": db.dbid, "schema_steps": steps, "lease_s": lease,
+                "replicas": control.replicas(conn, lease), "queued": control.queued(conn)}
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The text form: one line per replica, then the queued work."""
+    lines = [f"control store {doc['store']} (lease {doc['lease_s']:g} s, schema step "
+             f"{max(doc['schema_steps'], default=0)})"]
+    replicas = doc["replicas"]
+    lines.append(f"{len(replicas)} replica(s)")
+    for r in replicas:
+        claims = ", ".join(r["claims"]) if r["claims"] else "-"
+        lines.append(f"  {r['owner']:<32} {r['state']:<8} heartbeat {r['heartbeat']} ({r['heartbeat_age_s']:g} s ago)"
+                     f"  claims: {claims}")
+    queued = doc["queued"]
+    lines.append(f"{len(queued)} target(s) queued")
+    for q in queued[:50]:
+        when = f" not before {q['not_before']}" if q["not_before"] else ""
+        lines.append(f"  {q['target']:<32} {', '.join(q['sets'])} ({q['reason']}){when}")
+    if len(queued) > 50:
+        lines.append(f"  ... and {len(queued) - 50} more")
+    return "\n".join(lines) + "\n"
