@@ -226,3 +226,43 @@ def test_a_job_catches_up_the_target_publishes_and_queues_a_retry_for_a_failure(
     stopped = TargetWork(lambda: config, published.extend, lambda *a: queued.append(a) or True, lambda: True)
     assert stopped("sqlite.b", ["s1"], "start", 0) == []
     assert queued[-1] == ("sqlite.b", ["s1"], "handback", 0, 0.0)
+
+
+def test_shard_auto_takes_the_first_index_variable_set_and_a_missing_one_is_one_line() -> None:
+    from orchestrator.cluster.shard import resolve_shard
+    from orchestrator.errors import ConfigError
+
+    assert resolve_shard("auto/4", {"JOB_COMPLETION_INDEX": "2", "POD_INDEX": "1"}) == "2/4"
+    assert resolve_shard("auto/4", {"ORCHESTRATOR_SHARD_INDEX": "3", "JOB_COMPLETION_INDEX": "2"}) == "3/4"
+    assert resolve_shard("auto/3", {"POD_INDEX": "0"}) == "0/3"
+    assert resolve_shard("1/2", {}) == "1/2"
+    with pytest.raises(ConfigError) as info:
+        resolve_shard("auto/3", {"ORCHESTRATOR_SHARD_INDEX": ""})
+    assert "ORCHESTRATOR_SHARD_INDEX, JOB_COMPLETION_INDEX, POD_INDEX" in str(info.value) and info.value.exit_code == 2
+    with pytest.raises(ConfigError, match="POD_INDEX='web-1' is not a shard index"):
+        resolve_shard("auto/3", {"POD_INDEX": "web-1"})
+
+
+def test_a_set_run_noticed_by_two_replicas_queues_each_target_once_and_the_view_merges_with_local_state(
+        control_db: PostgresqlConfig, project: Any, tmp_path: Any) -> None:
+    from orchestrator.cluster.mode import ClusterMode
+    from orchestrator.state import BindingStatus
+
+    targets = [project.add_target("sqlite", f"t{i}", {"path": str(tmp_path / f"t{i}.db")}) for i in range(3)]
+    project.add_set("s", targets, schedule={"every": "1m"})
+    config = config_module.load(project.config)
+    store.migrate(control_db)
+    modes = [ClusterMode(control_db, lambda: config, workers=1, lease=3, should_stop=lambda: False) for _ in range(2)]
+    assert modes[0].queue_set("s", "schedule") == 3
+    assert modes[1].queue_set("s", "schedule") == 0  # the same tick, noticed by a second replica
+    assert modes[1].queue_set("s", "change") == 0  # the targets' work already waits
+    assert len(status.read(control_db, 3)["queued"]) == 3
+    with store.session(control_db) as conn:
+        control.publish(conn, "other pid 1", [BindingStatus("s", "sqlite.t0", "current", driver="sqlite").to_json()])
+    modes[0].replica.refresh_view()
+    local = {("s", "sqlite.t1"): BindingStatus("s", "sqlite.t1", "pending", pending=["001"])}
+    rows_ = modes[0].bindings(local, datetime.now(UTC))
+    assert [(b.dbid, b.state, n["owner"], n["stale"]) for b, n in rows_] == [
+        ("sqlite.t0", "current", "other pid 1", False), ("sqlite.t1", "pending", modes[0].owner, False)]
+    later = datetime.now(UTC) + timedelta(seconds=121)
+    assert all(n["stale"] for _, n in modes[0].bindings(local, datetime.now(UTC), later))

@@ -32,7 +32,7 @@ __all__ = ["Engine", "Handler", "queueing_lock"]
 log = logging.getLogger("cluster")
 
 # handler(dbid, sets, reason, attempt): catch up those sets of that target (the daemon's side of a job).
-Handler = Callable[[str, list[str], str, int], None]
+Handler = Callable[[str, list[str], str, int], object]
 
 
 def queueing_lock(dbid: str, sets: list[str]) -> str:
