@@ -43,3 +43,24 @@ def test_sessions_expire_and_need_a_token(monkeypatch: Any) -> None:
     none = Sessions(lambda: None)
     assert not none.token_matches("") and not none.valid(value)
     assert Sessions(lambda: TOKEN).token_matches(TOKEN) and not Sessions(lambda: TOKEN).token_matches(TOKEN + "x")
+
+
+def test_login_logout_and_who_is_authorized() -> None:
+    from orchestrator.weblogin import authorized, login, logout
+
+    sessions = Sessions(lambda: TOKEN)
+    host = {"Host": "127.0.0.1:8787"}
+    assert authorized(sessions, None, {}) and not authorized(sessions, TOKEN, {})
+    assert authorized(sessions, TOKEN, {"Authorization": f"Bearer {TOKEN}"})
+    wrong = login(sessions, {**host, "Origin": "http://127.0.0.1:8787"}, b"token=nope")
+    assert wrong.code == 401 and b"not daemon.http.token" in wrong.body and "Set-Cookie" not in wrong.headers
+    assert login(sessions, {**host, "Origin": "http://evil.example"}, f"token={TOKEN}".encode()).code == 403
+    ok = login(sessions, {**host, "Origin": "http://127.0.0.1:8787"}, f"token={TOKEN}".encode())
+    cookie = ok.headers["Set-Cookie"]
+    assert ok.code == 303 and ok.headers["Location"] == "./" and TOKEN not in cookie and "HttpOnly" in cookie
+    jar = {"Cookie": cookie.split(";")[0]}
+    assert authorized(sessions, TOKEN, jar)
+    out = logout(sessions, jar)
+    assert out.code == 303 and "Max-Age=0" in out.headers["Set-Cookie"] and not authorized(sessions, TOKEN, jar)
+    behind_tls = login(sessions, {**host, "X-Forwarded-Proto": "https"}, f"token={TOKEN}".encode())
+    assert "; Secure" in behind_tls.headers["Set-Cookie"]
