@@ -37,6 +37,7 @@ from orchestrator.redact import register_secret
 
 __all__ = [
     "DRIVERS",
+    "ClusterConfig",
     "Config",
     "DaemonConfig",
     "DatabaseConfig",
@@ -216,12 +217,20 @@ class HttpConfig(_Strict):
     token: SecretStr | None = None
 
 
+class ClusterConfig(_Strict):
+    """``daemon.cluster``: replicas share the fleet through a control store (see orchestrator.cluster)."""
+
+    store: Annotated[str, Field(pattern=r"^postgresql\.[A-Za-z0-9_-]+$")]
+    lease: Duration = defaults.CLUSTER_LEASE
+
+
 class DaemonConfig(_Strict):
     workers: Annotated[Int, Field(ge=1, le=512)] = defaults.WORKERS
     watch_interval: Duration = defaults.WATCH_INTERVAL
     retry_min: Duration = defaults.RETRY_MIN
     retry_max: Duration = defaults.RETRY_MAX
     http: HttpConfig = HttpConfig()
+    cluster: ClusterConfig | None = None
 
 
 class _File(_Strict):
@@ -360,6 +369,10 @@ def _build(path: Path, name: str, raw: _File) -> Config:
             databases[entry.dbid] = entry
     if raw.daemon.http.token is not None:
         register_secret(raw.daemon.http.token.get_secret_value())
+    if raw.daemon.cluster is not None and raw.daemon.cluster.store not in databases:
+        known = ", ".join(d for d in databases if d.startswith("postgresql.")) or "none"
+        raise ConfigError(f"{name}: daemon.cluster.store: {raw.daemon.cluster.store!r} is not a configured PostgreSQL "
+                          f"database (declared: {known})")
 
     sets_directory = _sets_directory(folder, name, raw.migrations)
     directory_field = "migrations.source_directory" if raw.migrations.source_directory is not None else "migrations.directory"

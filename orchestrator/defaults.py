@@ -55,3 +55,6 @@ MISFIRE_GRACE = 60.0
 
 PAGE_REFRESH = 5
 """Seconds between two reloads of the daemon's fleet page."""
+
+CLUSTER_LEASE = 30.0
+"""Cluster mode: seconds after which a silent replica's claims go to another replica."""
