@@ -18,7 +18,10 @@ SETS_DIRECTORY = "sets"
 """Default folder holding the migration sets, relative to config.json."""
 
 WORKERS = 8
-"""Default number of bindings a fleet run or the daemon works on at once."""
+"""Default number of bindings a fleet run or the daemon works on at once (a command-line run: of SQLite files)."""
+
+SERVER_WORKERS = 32
+"""Default number of server targets (PostgreSQL, MySQL, Redis) a command-line run works on at once, beside the files."""
 
 WATCH_INTERVAL = 5.0
 """Seconds between two scans of the set folders for new or changed files."""
@@ -58,3 +61,6 @@ PAGE_REFRESH = 5
 
 CLUSTER_LEASE = 30.0
 """Cluster mode: seconds after which a silent replica's claims go to another replica."""
+
+INVENTORY_REFRESH = 60.0
+"""Seconds between two reads of the inventory sources by the daemon (``migrations.inventory_refresh``)."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator import defaults
+from orchestrator.concurrency import budgets
 from orchestrator.config import Config, load
 from orchestrator.errors import ConfigError, LockHeld, OrchestratorError, TargetUnreachable
 from orchestrator.runner import blocking_row
@@ -112,20 +113,31 @@ def _fan_out(run: Run, work: Work, workers: int | None, command: str) -> FleetRe
     started = time.monotonic()
     order = {(spec.name, dbid): i for i, (spec, dbid) in enumerate(run.config.bindings())}
     results: list[BindingStatus] = []
-    count = max(1, min(workers or run.config.daemon.workers, len(run.groups) or 1))
-    pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="fleet")
+    if workers is None and "workers" in run.config.daemon.model_fields_set:
+        workers = run.config.daemon.workers  # written in the config: one budget for all, as given
+    # Without a count, SQLite files and server targets get pools of their own (see orchestrator.concurrency).
+    pools = [(ThreadPoolExecutor(max_workers=count, thread_name_prefix=_pool_name(workers, dbids)), dbids)
+             for count, dbids in budgets(((dbid, dbid.split(".", 1)[0]) for dbid in run.groups), workers)]
     try:
-        futures = [pool.submit(_in_slot, run, work, dbid) for dbid in run.groups]
+        futures = [pool.submit(_in_slot, run, work, dbid) for pool, dbids in pools for dbid in dbids]
         for future in futures:
             results.extend(future.result())
     except BaseException:
         # Ctrl-C: start nothing new; migrations already running finish on their own.
         run.stopping.set()
-        pool.shutdown(wait=False, cancel_futures=True)
+        for pool, _ in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
         raise
-    pool.shutdown()
+    for pool, _ in pools:
+        pool.shutdown()
     results.sort(key=lambda b: order.get((b.set_id, b.dbid), 0))
     return FleetReport(results, int((time.monotonic() - started) * 1000), command)
+
+
+def _pool_name(workers: int | None, dbids: list[str]) -> str:
+    if workers is not None:
+        return "fleet"
+    return "fleet-files" if dbids[0].startswith("sqlite.") else "fleet-servers"
 
 
 def _in_slot(run: Run, work: Work, dbid: str) -> list[BindingStatus]:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from orchestrator import defaults
-from orchestrator.concurrency import SERVER_WORKERS, budgets
+import threading
+from typing import Any
+
+from orchestrator import defaults, fleet
+from orchestrator.concurrency import budgets
+from orchestrator.config import load
 
 
 def test_without_a_count_files_and_servers_get_their_own_pools() -> None:
     targets = [(f"sqlite.f{i}", "sqlite") for i in range(100)] + [(f"postgresql.p{i}", "postgresql") for i in range(50)]
     targets += [("redis.r1", "redis"), ("mysql.m1", "mysql")]
     pools = budgets(targets, None)
-    assert [size for size, _ in pools] == [defaults.WORKERS, SERVER_WORKERS]
+    assert [size for size, _ in pools] == [defaults.WORKERS, defaults.SERVER_WORKERS]
     assert pools[0][1] == [f"sqlite.f{i}" for i in range(100)]
     assert pools[1][1] == [f"postgresql.p{i}" for i in range(50)] + ["redis.r1", "mysql.m1"]
-    assert SERVER_WORKERS > defaults.WORKERS
+    assert defaults.SERVER_WORKERS > defaults.WORKERS
 
 
 def test_an_explicit_count_is_one_budget_for_every_target() -> None:
@@ -26,3 +30,29 @@ def test_pools_never_outnumber_their_targets_and_empty_ones_are_left_out() -> No
     assert budgets([("redis.r", "redis")], None) == [(1, ["redis.r"])]
     assert budgets([("sqlite.a", "sqlite"), ("sqlite.b", "sqlite")], None) == [(2, ["sqlite.a", "sqlite.b"])]
     assert budgets([], None) == []
+
+
+def _threads_by_target(project: Any, redis_prefix: dict[str, Any], **options: Any) -> dict[str, str]:
+    """Catch-up over two SQLite files and two Redis prefixes; the pool thread each target ran on, by dbid."""
+    for i in range(2):
+        project.add_target("sqlite", f"f{i}", {"path": str(project.root / f"f{i}.db")})
+        project.add_target("redis", f"r{i}", {**redis_prefix, "prefix": f"{redis_prefix['prefix']}{i}:"})
+    project.add_set("sq", ["sqlite.*"])
+    project.write("sq", "2024-01-01_00-00-00_a.sql", "CREATE TABLE a (id INTEGER);\n")
+    project.add_set("kv", ["redis.*"])
+    project.write("kv", "2024-01-01_00-00-00_a.redis", f"SET {redis_prefix['prefix']}a 1\n")
+    project.extra = options
+    threads: dict[str, str] = {}
+    report = fleet.catch_up(load(project.config), on_result=lambda st: threads.setdefault(st.dbid, threading.current_thread().name))
+    assert {(st.dbid, st.state) for st in report.bindings} == {(dbid, "current") for dbid in threads}, report.bindings
+    return {dbid: name.rsplit("_", 1)[0] for dbid, name in threads.items()}
+
+
+def test_a_fleet_run_without_a_count_works_files_and_servers_on_pools_of_their_own(project: Any, redis_prefix: Any) -> None:
+    assert _threads_by_target(project, redis_prefix) == {"sqlite.f0": "fleet-files", "sqlite.f1": "fleet-files",
+                                                         "redis.r0": "fleet-servers", "redis.r1": "fleet-servers"}
+
+
+def test_daemon_workers_written_in_the_config_is_one_budget_for_all(project: Any, redis_prefix: Any) -> None:
+    threads = _threads_by_target(project, redis_prefix, daemon={"workers": 3})
+    assert set(threads.values()) == {"fleet"} and len(threads) == 4
