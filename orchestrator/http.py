@@ -6,36 +6,31 @@ database connection, so a slow or dead target never stalls a probe or a scrape.
 Endpoints: ``/healthz`` (the process answers), ``/readyz`` (first status refresh
 done and the scheduler running), ``/status`` (the JSON of ``status --json`` plus a
 ``daemon`` section), ``/metrics`` (Prometheus text from the daemon's
-registry) and ``/`` (a self-refreshing page with a sets x targets grid, no
-external assets). Only GET and HEAD are served; nothing here changes anything.
-Bound to a non-loopback address the server requires ``Authorization: Bearer
-<token>`` on every endpoint but the two probes, and refuses to start without a
-token (:func:`check_http_config`).
+registry) and ``/`` (the fleet page of :mod:`orchestrator.page`, filtered by
+``?state=&q=``). Only GET and HEAD are served, plus POST to ``/login`` and
+``/logout``; nothing here changes the fleet. Bound to a non-loopback address the
+server requires ``Authorization: Bearer <token>`` or a session cookie from
+``/login`` (:mod:`orchestrator.weblogin`) on every endpoint but the two probes, and
+refuses to start without a token (:func:`check_http_config`).
 """
 
 from __future__ import annotations
 
-import functools
-import hmac
-import html
 import ipaddress
 import json
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Hashable
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
-from string import Template
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from orchestrator import defaults
+from orchestrator import __version__, defaults, weblogin
 from orchestrator.errors import ConfigError
+from orchestrator.page import CONTENT_SECURITY_POLICY, render_page
 from orchestrator.redact import redact
-from orchestrator.state import STATES
+from orchestrator.session import Sessions
 
 if TYPE_CHECKING:
     from orchestrator.config import HttpConfig
@@ -87,118 +82,6 @@ class MetricsSource(Protocol):
 
     def render(self) -> tuple[bytes, str]:
         """(body, content type) of one scrape."""
-
-
-# -- the fleet page --------------------------------------------------------------
-
-
-def _when(ts: float | None, now: float) -> str:
-    if not ts:
-        return ""
-    stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    delta = now - ts
-    ago = abs(delta)
-    span = f"{int(ago)}s" if ago < 120 else f"{int(ago // 60)}m" if ago < 7200 else f"{int(ago // 3600)}h" if ago < 172800 else f"{int(ago // 86400)}d"
-    return f"{stamp} ({span} ago)" if delta >= 0 else f"{stamp} (in {span})"
-
-
-def _iso_to_ts(value: Any) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _cell(binding: BindingStatus, notes: dict[str, Any], now: float) -> str:
-    e = html.escape
-    pending = len(binding.pending)
-    lines = [f'<div class="state">{e(binding.state)}</div>',
-             f'<div class="counts"><span class="applied">{binding.applied} applied</span> · '
-             f'<span class="pending">{pending} pending</span></div>']
-    if binding.out_of_order:
-        lines.append(f'<div class="note">{len(binding.out_of_order)} out of order</div>')
-    if binding.last_version:
-        lines.append(f'<div class="last" title="{e(binding.last_version)}">last {e(_when(binding.last_apply_time, now) or binding.last_version)}</div>')
-    if binding.applied_now:
-        lines.append(f'<div class="note">applied {len(binding.applied_now)} in last run</div>')
-    problems = ([binding.error] if binding.error else []) + list(binding.drift)
-    for problem in problems[:3]:
-        text = redact(problem)
-        short = text if len(text) <= 160 else text[:157] + "..."
-        lines.append(f'<div class="error" title="{e(text)}">{e(short)}</div>')
-    if notes.get("next_retry") is not None:
-        lines.append(f'<div class="retry">retry {e(_when(notes["next_retry"], now))}, attempt {notes.get("failures", 0) + 1}</div>')
-    title = f"{binding.set_id} on {binding.dbid}: {binding.state}"
-    return (f'<td class="cell st-{e(binding.state)}" data-set="{e(binding.set_id)}" data-target="{e(binding.dbid)}" '
-            f'data-state="{e(binding.state)}" data-pending="{pending}" title="{e(title)}">' + "".join(lines) + "</td>")
-
-
-@functools.lru_cache(maxsize=1)
-def _template() -> Template:
-    return Template(resources.files("orchestrator").joinpath("templates/fleet.html").read_text(encoding="utf-8"))
-
-
-def render_page(rows: list[tuple[BindingStatus, dict[str, Any]]], daemon: dict[str, Any], ready: bool,
-                now: float | None = None, refresh: int = defaults.PAGE_REFRESH) -> str:
-    """The fleet page: one row per target, one column per set, each cell colored by state."""
-    e = html.escape
-    now = time.time() if now is None else now
-    set_info: dict[str, Any] = daemon.get("sets", {})
-    sets = sorted({b.set_id for b, _ in rows} | set(set_info))
-    targets = sorted({b.dbid for b, _ in rows})
-    by_key = {(b.set_id, b.dbid): (b, n) for b, n in rows}
-    counts = dict.fromkeys(STATES, 0)
-    for b, _ in rows:
-        counts[b.state] = counts.get(b.state, 0) + 1
-    summary = "".join(f'<span class="chip st-{e(s)}" data-count-state="{e(s)}">{e(s)} <b>{n}</b></span>' for s, n in counts.items())
-    head = ['<th class="corner">target \\ set</th>']
-    for name in sets:
-        info = set_info.get(name, {})
-        sub = [e(info.get("schedule") or "on start-up and file changes")]
-        if info.get("apply") == "report":
-            sub.append("report only")
-        next_ts = _iso_to_ts(info.get("next_run"))
-        if next_ts:
-            sub.append("next " + e(_when(next_ts, now)))
-        if info.get("running"):
-            sub.append("running")
-        head.append(f'<th data-set="{e(name)}"><div class="set">{e(name)}</div><div class="sub">{" · ".join(sub)}</div></th>')
-    body = []
-    for dbid in targets:
-        cells = [f'<th class="target" data-target="{e(dbid)}">{e(dbid)}</th>']
-        for name in sets:
-            hit = by_key.get((name, dbid))
-            unbound = f'<td class="cell unbound" data-set="{e(name)}" data-target="{e(dbid)}" data-state="unbound">·</td>'
-            cells.append(_cell(hit[0], hit[1], now) if hit else unbound)
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    if not targets:
-        body.append(f'<tr><td class="empty" colspan="{len(sets) + 1}">{"no bindings yet" if ready else "waiting for the first status refresh"}</td></tr>')
-    meta = [f"{e(str(daemon.get('host', '')))} pid {e(str(daemon.get('pid', '')))}"]
-    if daemon.get("shard"):
-        meta.append(f"shard {e(str(daemon['shard']))}")
-    started = _iso_to_ts(daemon.get("started_at"))
-    if started:
-        meta.append(f"started {e(_when(started, now))}")
-    meta.append("ready" if ready else "not ready")
-    if daemon.get("stopping"):
-        meta.append("stopping")
-    reload_info = daemon.get("reload") or {}
-    if reload_info.get("error"):
-        meta.append(f'<span class="bad">last reload failed: {e(redact(str(reload_info["error"])))}</span>')
-    return _template().substitute(
-        refresh=int(refresh),
-        summary=summary,
-        meta=" · ".join(meta),
-        head="".join(head),
-        body="\n".join(body),
-        generated=e(datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%SZ")),
-        version=e(str(daemon.get("version", ""))),
-    )
-
-
-# -- the server ------------------------------------------------------------------
 
 
 class _Prepared:
@@ -274,23 +157,32 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(head=True)
 
     def _refuse(self) -> None:
-        self._send(405, b"method not allowed: this server is read-only (GET, HEAD)\n", "text/plain; charset=utf-8",
-                   head=False, extra={"Allow": "GET, HEAD"})
+        self._send(405, b"method not allowed: this server is read-only (GET, HEAD; POST only to /login and /logout)\n",
+                   "text/plain; charset=utf-8", head=False, extra={"Allow": "GET, HEAD"})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse
 
-    def _authorized(self) -> bool:
-        token = self.server.owner.token()
-        if not token:
-            return True
-        given = self.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
-        # Constant-time comparison: response timing must not reveal how much of a guess was right.
-        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode("utf-8"), token.encode("utf-8"))
+    def do_POST(self) -> None:
+        owner = self.server.owner
+        path = urlsplit(self.path).path.rstrip("/")
+        if path not in ("/login", "/logout"):
+            return self._refuse()
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if not 0 <= length <= weblogin.MAX_FORM:
+                return self._send(413, b"form too large\n", "text/plain; charset=utf-8", head=False)
+            body = self.rfile.read(length)
+            headers = dict(self.headers.items())
+            answer = (weblogin.login(owner.sessions, headers, body, owner.version) if path == "/login"
+                      else weblogin.logout(owner.sessions, headers))
+            return self._send(answer.code, answer.body, answer.content_type, head=False, extra=answer.headers)
+        except (BrokenPipeError, ConnectionResetError, ValueError):
+            return None
 
     def _serve(self, head: bool) -> None:
         owner = self.server.owner
-        path = urlsplit(self.path).path.rstrip("/") or "/"
+        split = urlsplit(self.path)
+        path = split.path.rstrip("/") or "/"
         try:
             if path == "/healthz":  # probes stay open: they reveal nothing and kubelets send no token
                 return self._send(200, b"ok\n", "text/plain; charset=utf-8", head)
@@ -298,12 +190,24 @@ class _Handler(BaseHTTPRequestHandler):
                 ready, reason = owner.source.ready()
                 return self._send(200 if ready else 503, (b"ready\n" if ready else f"not ready: {reason}\n".encode()),
                                   "text/plain; charset=utf-8", head)
+            if path == "/login":
+                if not owner.token():  # nothing to log in to
+                    return self._send(303, b"", "text/plain; charset=utf-8", head, extra={"Location": "./"})
+                answer = weblogin.login_page(version=owner.version)
+                return self._send(answer.code, answer.body, answer.content_type, head)
             if path not in ("/", "/status", "/metrics"):
                 return self._send(404, b"not found: try /, /status, /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8", head)
-            if not self._authorized():
-                return self._send(401, b"unauthorized: send 'Authorization: Bearer <daemon.http.token>'\n", "text/plain; charset=utf-8",
-                                  head, extra={"WWW-Authenticate": 'Bearer realm="orchestrator"'})
-            body, content_type = owner.body(path)
+            if not weblogin.authorized(owner.sessions, owner.token(), dict(self.headers.items())):
+                if path == "/":  # a browser: the login form, still with 401 for scripts
+                    answer = weblogin.login_page(code=401, version=owner.version)
+                    return self._send(401, answer.body, answer.content_type, head,
+                                      extra={"WWW-Authenticate": 'Bearer realm="orchestrator"'})
+                return self._send(401, b"unauthorized: send 'Authorization: Bearer <daemon.http.token>' or log in at /login\n",
+                                  "text/plain; charset=utf-8", head, extra={"WWW-Authenticate": 'Bearer realm="orchestrator"'})
+            if path == "/" and split.query:
+                body, content_type = owner.page(parse_qs(split.query))
+            else:
+                body, content_type = owner.body(path)
             return self._send(200, body, content_type, head)
         except (BrokenPipeError, ConnectionResetError):
             return None
@@ -318,8 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         if content_type.startswith("text/html"):
-            # The page embeds no script and loads nothing from elsewhere.
-            self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+            # The pages load nothing from elsewhere and run only their own script (allowed by its hash).
+            self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -336,6 +240,8 @@ class StatusServer:
         self.metrics = metrics
         self.token = token
         self.refresh = refresh
+        self.sessions = Sessions(token)
+        self.version = __version__
         self._host, self._port = host, port
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -352,11 +258,16 @@ class StatusServer:
         text = json.dumps(self.source.status(), indent=2, ensure_ascii=False, default=str)
         return redact(text).encode("utf-8") + b"\n", "application/json"
 
-    def _page_body(self) -> tuple[bytes, str]:
+    def _page_body(self, query: dict[str, str] | None = None) -> tuple[bytes, str]:
         status = self.source.status()
         ready, _ = self.source.ready()
-        page = render_page(self.source.rows(), status.get("daemon", {}), ready, refresh=self.refresh)
+        page = render_page(self.source.rows(), status.get("daemon", {}), ready, refresh=self.refresh, query=query,
+                           logout=bool(self.token()))
         return redact(page).encode("utf-8"), "text/html; charset=utf-8"
+
+    def page(self, query: dict[str, list[str]]) -> tuple[bytes, str]:
+        """The fleet page filtered by ``?state=&q=``: built per request (the shared body is the unfiltered one)."""
+        return self._page_body({k: v[-1] for k, v in query.items() if k in ("state", "q")})
 
     @property
     def address(self) -> tuple[str, int]:

@@ -292,7 +292,7 @@ def render_page(rows: list[tuple[BindingStatus, dict[str, Any]]], daemon: Mappin
     if reload_info.get("error"):
         meta.append(f'<span class="bad">last reload failed: {e(redact(str(reload_info["error"])))}</span>')
     hidden = f'<input type="hidden" name="state" value="{e(wanted)}">' if wanted else ""
-    return _template("page.html").substitute(
+    return _template("fleet.html").substitute(
         refresh=int(refresh),
         chips="".join(chips),
         needle=e(needle),

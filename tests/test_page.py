@@ -207,3 +207,46 @@ def test_page_in_chromium_with_3000_bindings(page_server: Any, tmp_path: Path) -
         assert b.eval("document.querySelector('[data-count-state=failed] b').textContent") == "1"
         top = b.eval("document.querySelector('td[data-state=failed]').getBoundingClientRect().bottom")
         assert 0 < top <= b.eval("innerHeight"), "the failing binding is on the first screen"
+
+
+def test_login_see_the_page_log_out_in_chromium(tmp_path: Path) -> None:
+    """The status server bound with a token: a browser logs in through the form, reads the page, logs out."""
+    from orchestrator.http import StatusServer
+    from tests.test_http import TOKEN, FakeSource, request, sample_rows
+
+    source = FakeSource(sample_rows())
+    server = StatusServer(source, _NoMetrics(), "127.0.0.1", 0, lambda: TOKEN)
+    server.start()
+    url = server.url
+    try:
+        with Browser(tmp_path / "profile") as b:
+            b.goto(url)
+            assert b.eval("document.querySelector('form#login') !== null") and b.eval("document.querySelectorAll('td.cell').length") == 0
+            b.act("document.getElementById('token').value = 'wrong'; document.getElementById('login').submit()")
+            assert "not daemon.http.token" in b.eval("document.body.innerText")
+            b.act(f"document.getElementById('token').value = {TOKEN!r}; document.getElementById('login').submit()")
+            assert b.eval("location.pathname") == "/" and b.eval("document.querySelectorAll('td.cell:not(.unbound)').length") == 4
+            assert b.eval("document.cookie") == ""  # HttpOnly: no script can read it
+            cookies = b.call("Network.getCookies", urls=[url])["cookies"]
+            (cookie,) = cookies
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and TOKEN not in cookie["value"]
+            b.goto(url + "status")  # the link on the page works with the cookie too
+            assert '"bindings"' in b.eval("document.body.innerText")
+            b.goto(url + "?state=failed")
+            assert b.eval("document.querySelectorAll('td.cell:not(.unbound):not(.dim)').length") == 1
+            b.act("document.querySelector('form.logout button').click()")
+            assert b.eval("document.querySelector('form#login') !== null")
+            b.goto(url)
+            assert b.eval("document.querySelector('form#login') !== null")  # logged out: the form again
+            # the revoked cookie is refused even if a copy of it is sent again
+            assert request(server, "GET", "/status", {"Cookie": f"{cookie['name']}={cookie['value']}"})[0] == 401
+        # scripts and Prometheus keep using the header
+        assert request(server, "GET", "/metrics", {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+        assert request(server, "GET", "/status")[0] == 401 and request(server, "POST", "/status")[0] == 405
+    finally:
+        server.stop()
+
+
+class _NoMetrics:
+    def render(self) -> tuple[bytes, str]:
+        return b"", "text/plain"
