@@ -23,12 +23,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import __version__
-from orchestrator.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, OrchestratorError
+from orchestrator.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PENDING,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    ConfigError,
+    OrchestratorError,
+    worst_exit_code,
+)
 from orchestrator.log import setup_logging
 from orchestrator.redact import redact
 
 if TYPE_CHECKING:
     from orchestrator.config import Config
+    from orchestrator.inventory import Resolution
     from orchestrator.state import BindingStatus
 
 __all__ = ["main"]
@@ -49,58 +60,122 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"usage: {message} (see 'orchestrator {self.prog.split()[-1]} --help')" if " " in self.prog else f"usage: {message}")
 
 
+_HELP = {
+    "config": "path of config.json",
+    "dbid": "target id as <driver>.<host_id>, e.g. postgresql.main",
+    "set": "migration set: its name in the config, or its folder",
+    "version": "migration version: the file name without its extension",
+}
+
+
+def _positional(p: argparse.ArgumentParser, *names: str) -> None:
+    """CONFIG, DBID, SET and VERSION arguments with their help and shell completion from the config."""
+    from orchestrator import completion
+
+    completers = {"config": completion.config_files, "dbid": completion.dbids, "set": completion.set_names,
+                  "version": completion.versions}
+    for name in names:
+        action = p.add_argument(name, metavar=name.upper(), help=_HELP[name])
+        action.completer = completers[name]  # type: ignore[attr-defined]  # read by argcomplete
+
+
+def _fleet_filters(p: argparse.ArgumentParser) -> None:
+    from orchestrator import completion
+
+    _positional(p, "config")
+    action = p.add_argument("--set", dest="set_name", default=None, metavar="SET", help="only this set")
+    action.completer = completion.set_names  # type: ignore[attr-defined]
+    action = p.add_argument("--target", default=None, metavar="PATTERN", help="only targets whose dbid matches this glob, e.g. 'postgresql.*'")
+    action.completer = completion.dbids  # type: ignore[attr-defined]
+
+
 def _parser() -> argparse.ArgumentParser:
+    from orchestrator import completion
+    from orchestrator.log import LOG_FORMATS, LOG_TIMES
+
     common = _Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="debug output (-vv for library debug)")
-    common.add_argument("-q", "--quiet", action="store_true", help="errors only")
-    parser = _Parser(prog="orchestrator", description="Keeps the schemas of a fleet of databases current.", parents=[common])
+    common.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (the exit code tells the rest)")
+    common.add_argument("--log-format", choices=LOG_FORMATS, default=None,
+                        help="log lines as text (default) or one JSON object per line (UTC time, level, logger, message, dbid/set/version)")
+    common.add_argument("--log-time", choices=LOG_TIMES, default=None,
+                        help="text log lines start with the date and time in UTC or local time with its offset (default: local HH:MM:SS.mmm)")
+    parser = _Parser(prog="orchestrator", description="Keeps the schemas of a fleet of databases current.", parents=[common],
+                     epilog="Shell completion (bash, zsh): eval \"$(register-python-argcomplete orchestrator)\". "
+                            "'orchestrator COMMAND --help' describes a command.")
     parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND", title="commands")
 
     p = sub.add_parser("create", parents=[common], help="write a new timestamped migration from a template")
-    p.add_argument("name")
-    p.add_argument("config")
-    p.add_argument("dir", help="set folder, or the name of a set in the config")
+    p.add_argument("name", help="what the migration does, e.g. add_users (letters, digits, '_', '-')")
+    _positional(p, "config")
+    action = p.add_argument("dir", metavar="SET", help="set name in the config, or its folder")
+    action.completer = completion.set_names  # type: ignore[attr-defined]
     kind = p.add_mutually_exclusive_group()
-    kind.add_argument("--sql", dest="kind", action="store_const", const="sql")
-    kind.add_argument("--py", dest="kind", action="store_const", const="py")
-    kind.add_argument("--redis", dest="kind", action="store_const", const="redis")
+    kind.add_argument("--sql", dest="kind", action="store_const", const="sql", help="an SQL file (the default)")
+    kind.add_argument("--py", dest="kind", action="store_const", const="py", help="a Python file with def up(db)")
+    kind.add_argument("--redis", dest="kind", action="store_const", const="redis", help="a file of Redis commands")
 
-    p = sub.add_parser("up", parents=[common], help="apply pending migrations of one set to one target: up [all|N] CONFIG DBID SET")
-    p.add_argument("args", nargs="+", metavar="[all|N] CONFIG DBID SET")
-    p.add_argument("--lock-wait", type=float, default=None, help="seconds to wait for a held lock (default 10)")
+    p = sub.add_parser("up", parents=[common], help="apply pending migrations of one set to one target (the C tool's syntax)",
+                       usage="orchestrator up [-h] [-v] [-q] [--to VERSION] [--lock-wait SECONDS] [all|N] CONFIG DBID SET",
+                       description="Apply pending migrations of SET to DBID: one (as the C tool), N, all, or all up to --to VERSION.")
+    action = p.add_argument("args", nargs="+", metavar="[all|N] CONFIG DBID SET",
+                            help="how many ('all' or a number; default 1), then config.json, target id and set")
+    action.completer = completion.up_arguments  # type: ignore[attr-defined]
+    p.add_argument("--to", default=None, metavar="VERSION", help="apply pending migrations up to and including VERSION")
+    p.add_argument("--lock-wait", type=float, default=None, metavar="SECONDS", help="seconds to wait for a held lock (default 10)")
 
     p = sub.add_parser("resolve", parents=[common], help="clear a failed migration: resolve CONFIG DBID SET VERSION --retry|--mark-applied|--forget")
-    for name in ("config", "dbid", "set", "version"):
-        p.add_argument(name)
-    action = p.add_mutually_exclusive_group(required=True)
-    for flag in ("retry", "mark-applied", "forget"):
-        action.add_argument(f"--{flag}", dest="action", action="store_const", const=flag)
+    _positional(p, "config", "dbid", "set", "version")
+    action_group = p.add_mutually_exclusive_group(required=True)
+    for flag, text in (("retry", "forget the failed row so the next run applies the file again"),
+                       ("mark-applied", "record it applied (you finished it by hand)"),
+                       ("forget", "delete its row; it stays pending")):
+        action_group.add_argument(f"--{flag}", dest="action", action="store_const", const=flag, help=text)
 
     p = sub.add_parser("baseline", parents=[common], help="record migrations up to VERSION as applied without running them")
-    for name in ("config", "dbid", "set", "version"):
-        p.add_argument(name)
+    _positional(p, "config", "dbid", "set", "version")
 
     for name, text in (("catch-up", "apply everything pending on every binding"), ("status", "state of every (set, target)"),
                        ("plan", "what catch-up would apply, touching nothing"), ("validate", "check config, sets and ledgers")):
         p = sub.add_parser(name, parents=[common], help=text)
-        p.add_argument("config")
-        p.add_argument("--set", dest="set_name", default=None)
-        p.add_argument("--target", default=None, help="dbid glob, e.g. 'postgresql.*'")
+        _fleet_filters(p)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "catch-up":
-            p.add_argument("--workers", type=int, default=None)
-            p.add_argument("--lock-wait", type=float, default=None, help="seconds to wait for a held lock (default 10)")
+            p.add_argument("--workers", type=int, default=None, metavar="N", help="targets worked on at once (default daemon.workers)")
+            p.add_argument("--lock-wait", type=float, default=None, metavar="SECONDS", help="seconds to wait for a held lock (default 10)")
+        if name == "status":
+            p.add_argument("--exit-code", action="store_true",
+                           help=f"exit {EXIT_PENDING} when any migration is pending (for CI gates), unless a worse state sets the code")
+
+    p = sub.add_parser("wait", parents=[common], help="wait until the targets accept connections (for containers starting together)")
+    _positional(p, "config")
+    action = p.add_argument("--target", default=None, metavar="PATTERN", help="only targets whose dbid matches this glob")
+    action.completer = completion.dbids  # type: ignore[attr-defined]
+    p.add_argument("--timeout", default="60s", metavar="DURATION", help="give up after this long, e.g. 60s, 5m (default 60s)")
+
+    sub.add_parser("config-schema", parents=[common], help="print the JSON Schema of config.json (for editors and CI)")
+
+    p = sub.add_parser("targets", parents=[common], help="every target (static and discovered), its source and its sets")
+    _positional(p, "config")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("import-c", parents=[common], help="convert C Web Framework migrations (dbquery SQL only) into .sql files")
-    p.add_argument("src", metavar="SRC_DIR")
-    p.add_argument("dest", metavar="DEST_DIR")
+    p.add_argument("src", metavar="SRC_DIR", help="folder of the C tool's migration .c files")
+    p.add_argument("dest", metavar="DEST_DIR", help="set folder to write the .sql files into")
     p.add_argument("--force", action="store_true", help="overwrite .sql files that already exist in DEST_DIR")
 
     p = sub.add_parser("daemon", parents=[common], help="run the scheduler, watcher and status server")
-    p.add_argument("config")
+    _positional(p, "config")
     p.add_argument("--once", action="store_true", help="one catch-up, then exit with its exit code")
-    p.add_argument("--shard", default=None, metavar="I/N", help="this replica's share of the targets")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="this replica's share of the targets; auto/N takes I from ORCHESTRATOR_SHARD_INDEX, "
+                        "JOB_COMPLETION_INDEX or POD_INDEX")
+
+    p = sub.add_parser("cluster", parents=[common], help="cluster mode: the replicas and the queued work")
+    p.add_argument("action", choices=["status"], help="what to show")
+    _positional(p, "config")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -161,7 +236,6 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from orchestrator import defaults
-    from orchestrator.config import load
     from orchestrator.runner import run
 
     positional = args.args
@@ -178,7 +252,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             raise ConfigError(f"up: count must be 'all' or a positive number, not {count!r}")
     else:
         raise ConfigError("usage: orchestrator up [all|N] CONFIG DBID SET")
-    config = load(config_path)
+    config, _ = _load(config_path)
     migration_set = _resolve_set(config, set_name)
     set_name = migration_set.name
     if set_name in config.sets and dbid in config.databases and dbid not in config.sets[set_name].targets:
@@ -194,9 +268,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _with_target(args: argparse.Namespace, action: Any) -> Any:
     """Load the config, the set and one connected target; run ``action(target, set)``; close the target."""
-    from orchestrator.config import load
-
-    config = load(args.config)
+    config, _ = _load(args.config)
     migration_set = _resolve_set(config, args.set)
     target = _open(config, args.dbid)
     try:
@@ -236,26 +308,24 @@ def _check_fleet_args(config: Config, args: argparse.Namespace) -> None:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from orchestrator import render
     from orchestrator.checks import validation
-    from orchestrator.config import load
 
-    config = load(args.config)
+    config, resolution = _load(args.config)
     _check_fleet_args(config, args)
     result = validation(config, args.set_name, args.target, config_name=args.config)
     render.validation(result, sys.stdout, as_json=args.json)
-    return result.exit_code
+    return _with_sources(result.exit_code, resolution)
 
 
 def _cmd_fleet(args: argparse.Namespace) -> int:
     """``catch-up``, ``status`` and ``plan``: one log line per binding as it ends, then the report."""
     from orchestrator import defaults, fleet, render
-    from orchestrator.config import load
 
-    config = load(args.config)
+    config, resolution = _load(args.config)
     _check_fleet_args(config, args)
     per_target: dict[str, int] = {}  # bindings per selected target: the bar advances when a target's last one ends
     for _, dbid in config.bindings(args.set_name, args.target):
         per_target[dbid] = per_target.get(dbid, 0) + 1
-    with render.progress(len(per_target), args.command, enabled=not args.json) as advance:
+    with render.progress(len(per_target), args.command, enabled=not (args.json or args.quiet)) as advance:
         done: dict[str, int] = {}
         guard = threading.Lock()
 
@@ -275,8 +345,62 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
         else:
             read = fleet.plan if args.command == "plan" else fleet.status
             report = read(config, args.set_name, args.target, workers, on_result=on_result, config_name=args.config)
-    render.report(report, sys.stdout, as_json=args.json)
-    return report.exit_code
+    if args.json or not args.quiet:  # -q: nothing but errors; --json was asked for explicitly
+        render.report(report, sys.stdout, as_json=args.json)
+    code = report.exit_code
+    if getattr(args, "exit_code", False) and code == EXIT_OK and any(b.pending for b in report.bindings):
+        code = EXIT_PENDING
+    return _with_sources(code, resolution)
+
+
+def _cmd_wait(args: argparse.Namespace) -> int:
+    from orchestrator.config import parse_duration
+    from orchestrator.wait import wait_for
+
+    try:
+        timeout = parse_duration(args.timeout)
+    except ValueError as exc:
+        raise ConfigError(f"usage: --timeout {args.timeout!r}: {exc}") from None
+    config, resolution = _load(args.config)
+    missing = wait_for(config, args.target, timeout)
+    for dbid, reason in missing.items():
+        logging.getLogger("orchestrator").error("%s: still not accepting connections after %s: %s", dbid, args.timeout, reason)
+    return _with_sources(EXIT_UNREACHABLE if missing else EXIT_OK, resolution)
+
+
+def _cmd_config_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from orchestrator.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def _load(path: str) -> tuple[Config, Resolution | None]:
+    """The config with its inventory read once; a bad row or a failing source is one line each on stderr."""
+    from orchestrator import inventory
+
+    config, resolution = inventory.load(path)
+    if resolution is not None:
+        for line in resolution.problems:
+            log.warning("%s", line)
+        for source in resolution.failed:
+            logging.getLogger("orchestrator").error("%s", source.error)
+    return config, resolution
+
+
+def _with_sources(code: int, resolution: Resolution | None) -> int:
+    """A source that could not be read left its targets out of the run: as a target down, exit 3 at least."""
+    return worst_exit_code({code, EXIT_UNREACHABLE}) if resolution is not None and resolution.failed else code
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from orchestrator import render
+
+    config, resolution = _load(args.config)
+    render.targets(config, resolution, sys.stdout, as_json=args.json)
+    return _with_sources(EXIT_OK, resolution)
 
 
 def _cmd_import_c(args: argparse.Namespace) -> int:
@@ -296,6 +420,12 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     return daemon.command(args)
 
 
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from orchestrator.cluster import status
+
+    return status.command(args.config, args.json)
+
+
 _COMMANDS = {
     "create": _cmd_create,
     "up": _cmd_up,
@@ -305,21 +435,45 @@ _COMMANDS = {
     "status": _cmd_fleet,
     "plan": _cmd_fleet,
     "validate": _cmd_validate,
+    "targets": _cmd_targets,
+    "wait": _cmd_wait,
+    "config-schema": _cmd_config_schema,
     "daemon": _cmd_daemon,
+    "cluster": _cmd_cluster,
     "import-c": _cmd_import_c,
 }
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` in argv (the last one wins), read before parsing."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.partition("=")[2]
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit code (never raises for expected failures)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbosity = -1 if ("-q" in argv or "--quiet" in argv) else sum(a.count("v") for a in argv if re.fullmatch(r"-v+", a)) + argv.count("--verbose")
-    setup_logging(verbosity)
+    # Logging is set up before parsing, so that a usage error is logged in the asked format too.
+    setup_logging(verbosity, log_format=_option(argv, "--log-format") or "text", log_time=_option(argv, "--log-time"))
+    parser = _parser()
+    import argcomplete  # completes and exits when the shell's completion hook runs us; a no-op otherwise
+
+    argcomplete.autocomplete(parser)
+    if not argv:  # no command: say which there are
+        parser.print_help()
+        return EXIT_USAGE
     try:
-        args = _parser().parse_args(argv)
+        args = parser.parse_args(argv)
         return _COMMANDS[args.command](args)
     except OrchestratorError as exc:
-        logging.getLogger("orchestrator").error("%s", redact(str(exc)))
+        for line in str(exc).splitlines() or [""]:  # several faults (a config's): one error line each
+            logging.getLogger("orchestrator").error("%s", redact(line))
         return exc.exit_code
     except KeyboardInterrupt:
         logging.getLogger("orchestrator").error("interrupted")

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -26,14 +25,19 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from orchestrator import defaults
 from orchestrator.configfile import Expanded, expand, one_line_error, read_json
+from orchestrator.durations import parse_duration
 from orchestrator.errors import ConfigError
+from orchestrator.notify import Hook
+from orchestrator.policyconfig import NotifyEntry, RolloutEntry, caps_of, hooks_of, rollout_of
 from orchestrator.redact import register_secret
+from orchestrator.rollout import Caps, Rollout
 
 __all__ = [
     "DRIVERS",
@@ -46,6 +50,7 @@ __all__ = [
     "RedisConfig",
     "SetSpec",
     "SqliteConfig",
+    "json_schema",
     "load",
     "parse_duration",
 ]
@@ -55,23 +60,7 @@ _IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _HOST_ID = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 _SET_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 _CHARSET = r"^[A-Za-z0-9_]+$"
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _C_SETS_DIRECTORY = "migrations"  # under the working directory: the C tool reads ./migrations/<set>
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``"90s"``, ``"5m"``, ``"1h30m"``, ``"250ms"`` → seconds; ValueError otherwise."""
-    text = text.strip()
-    pos, total = 0, 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-        pos = m.end()
-    if not text or pos != len(text):
-        raise ValueError(f"invalid duration {text!r}: use a number with ms, s, m, h or d, e.g. '5m' or '1h30m'")
-    return total
 
 
 def _int_not_bool(value: Any) -> Any:
@@ -98,11 +87,35 @@ def _bool_strict(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_int_not_bool)]
 Bool = Annotated[bool, BeforeValidator(_bool_strict)]
 Port = Annotated[int, BeforeValidator(_int_not_bool), Field(ge=1, le=65535)]
-Duration = Annotated[float, BeforeValidator(lambda v: parse_duration(v) if isinstance(v, str) else _int_not_bool(v)), Field(gt=0)]
+Duration = Annotated[float, BeforeValidator(lambda v: parse_duration(v) if isinstance(v, str) else _int_not_bool(v)), Field(gt=0),
+                     # the schema says what the file may hold: seconds, or text such as "5m" or "1h30m"
+                     WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                                               {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?(ms|s|m|h|d)\s*)+$"}]})]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, hide_input_in_errors=True)
+
+
+def _lock_duration(value: Any) -> Any:
+    # "off" (or 0) means wait as long as it takes: stored as 0 seconds.
+    if isinstance(value, str):
+        return 0.0 if value.strip().lower() == "off" else parse_duration(value)
+    return _int_not_bool(value)
+
+
+LockDuration = Annotated[float, BeforeValidator(_lock_duration), Field(ge=0)]
+
+
+class _LockSettings(BaseModel):
+    """Safe DDL: how long one attempt may wait for a lock, how often it is retried, how long one statement may run.
+
+    On a database entry None means "as migrations says"; :func:`_build` fills them in.
+    """
+
+    lock_timeout: LockDuration | None = None
+    lock_retries: Annotated[Int, Field(ge=0, le=1000)] | None = None
+    statement_timeout: LockDuration | None = None
 
 
 class _Server(_Strict):
@@ -121,7 +134,7 @@ class _Server(_Strict):
         return f"{self.driver}.{self.host_id}"  # type: ignore[attr-defined]
 
 
-class PostgresqlConfig(_Server):
+class PostgresqlConfig(_Server, _LockSettings):
     driver: ClassVar[str] = "postgresql"
     port: Port = 5432
     dbname: Annotated[str, Field(min_length=1)]
@@ -134,7 +147,7 @@ class PostgresqlConfig(_Server):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
 
 
-class MysqlConfig(_Server):
+class MysqlConfig(_Server, _LockSettings):
     driver: ClassVar[str] = "mysql"
     port: Port = 3306
     dbname: Annotated[str, Field(min_length=1)]
@@ -142,6 +155,7 @@ class MysqlConfig(_Server):
     tls: Bool = False
     keepalive: Annotated[Int, Field(ge=0, le=7200)] = defaults.KEEPALIVE
     tcp_user_timeout: Annotated[Int, Field(ge=0, le=7200)] = defaults.TCP_USER_TIMEOUT
+    online_alter: Bool | None = None  # None: as migrations.mysql_online_alter says
 
 
 class RedisConfig(_Server):
@@ -152,7 +166,7 @@ class RedisConfig(_Server):
     tls: Bool = False
 
 
-class SqliteConfig(_Strict):
+class SqliteConfig(_Strict, _LockSettings):
     driver: ClassVar[str] = "sqlite"
     host_id: Annotated[str, Field(pattern=_HOST_ID)]
     path: Annotated[str, Field(min_length=1)]
@@ -202,13 +216,22 @@ class _SetEntry(_Strict):
     schedule: _Schedule | None = None
     apply: Literal["auto", "report"] = "auto"
     path: str | None = None
+    rollout: RolloutEntry | None = None
+    until: str | None = None  # no target of the set gets a newer version (a fleet freeze)
+    pins: dict[str, str] = {}  # dbid glob -> the version those targets stop at
 
 
 class _Migrations(_Strict):
     directory: str | None = None
     source_directory: str | None = None  # the C Web Framework's name for it
     table: Annotated[str, Field(pattern=_IDENT, max_length=63)] = defaults.LEDGER_TABLE
+    lock_timeout: LockDuration = defaults.LOCK_TIMEOUT
+    lock_retries: Annotated[Int, Field(ge=0, le=1000)] = defaults.LOCK_RETRIES
+    statement_timeout: LockDuration = 0.0
+    mysql_online_alter: Bool = False  # add ALGORITHM=INPLACE, LOCK=NONE to MySQL ALTER TABLE: refused rather than copied
     sets: dict[Annotated[str, Field(pattern=_SET_NAME, max_length=100)], _SetEntry] = {}
+    per_server: Annotated[Int, Field(ge=1, le=512)] | None = None  # targets of one server worked on at once
+    inventory_refresh: Duration = defaults.INVENTORY_REFRESH
 
 
 class HttpConfig(_Strict):
@@ -241,6 +264,8 @@ class _File(_Strict):
     databases: _Databases = _Databases()
     migrations: _Migrations = _Migrations()
     daemon: DaemonConfig = DaemonConfig()
+    inventory: list[dict[str, Any]] = []  # validated and resolved by orchestrator.inventory
+    notify: list[NotifyEntry] = []
 
 
 @dataclass(frozen=True)
@@ -254,6 +279,8 @@ class SetSpec:
     every: float | None = None
     cron: str | None = None
     apply: str = "auto"
+    rollout: Rollout | None = None  # waves, failure budget, soak
+    caps: Caps = field(default_factory=Caps)  # until and pins
 
 
 @dataclass
@@ -267,6 +294,11 @@ class Config:
     sets_directory: Path
     daemon: DaemonConfig
     _raw: _File = field(repr=False, default=None)  # type: ignore[assignment]
+    per_server: int | None = None  # migrations.per_server
+    notify: tuple[Hook, ...] = ()
+    inventory: list[dict[str, Any]] = field(default_factory=list)  # source declarations, as written
+    inventory_refresh: float = defaults.INVENTORY_REFRESH
+    origin: dict[str, str] = field(default_factory=dict)  # dbid -> "databases" or the inventory source that gave it
 
     @property
     def folder(self) -> Path:
@@ -282,6 +314,16 @@ class Config:
                 raise ConfigError(f"{dbid!r}: a single target is expected here, not a pattern (declared: {known})") from None
             _check_dbid(dbid, "")
             raise ConfigError(f"{self.path.name}: unknown target {dbid!r} (declared: {known})") from None
+
+    def with_databases(self, databases: dict[str, DatabaseConfig], origin: dict[str, str]) -> Config:
+        """This config over another set of targets (static plus discovered), each set bound again by its patterns."""
+        sets = {}
+        for name, spec in self.sets.items():
+            targets: list[str] = []
+            for pattern in spec.patterns:
+                targets.extend(d for d in sorted(databases) if fnmatch.fnmatchcase(d, pattern) and d not in targets)
+            sets[name] = replace(spec, targets=tuple(targets))
+        return replace(self, databases=databases, sets=sets, origin=origin)
 
     def bindings(self, set_name: str | None = None, target_pattern: str | None = None) -> list[tuple[SetSpec, str]]:
         """(set, dbid) pairs, optionally filtered by set name and a dbid glob."""
@@ -362,6 +404,12 @@ def _build(path: Path, name: str, raw: _File) -> Config:
         for i, entry in enumerate(getattr(raw.databases, driver)):
             if entry.dbid in databases:
                 raise ConfigError(f"{name}: databases.{driver}[{i}].host_id: duplicate host_id {entry.host_id!r}")
+            if not isinstance(entry, RedisConfig):  # Redis never waits for a lock: MULTI/EXEC
+                for setting in ("lock_timeout", "lock_retries", "statement_timeout"):
+                    if getattr(entry, setting) is None:
+                        setattr(entry, setting, getattr(raw.migrations, setting))
+                if isinstance(entry, MysqlConfig) and entry.online_alter is None:
+                    entry.online_alter = raw.migrations.mysql_online_alter
             if isinstance(entry, SqliteConfig):
                 entry.path = str((folder / Path(entry.path).expanduser()).resolve()) if entry.path != ":memory:" else entry.path
             else:
@@ -388,7 +436,7 @@ def _build(path: Path, name: str, raw: _File) -> Config:
         for i, pattern in enumerate(entry.targets):
             _check_dbid(pattern, f"{where}.targets[{i}]")
             matched = sorted(d for d in databases if fnmatch.fnmatchcase(d, pattern))
-            if not matched:
+            if not matched and not raw.inventory:  # with an inventory, the match may come at resolution
                 raise ConfigError(f"{where}.targets[{i}]: {pattern!r} matches no declared database")
             targets.extend(d for d in matched if d not in targets)
         sets[set_name] = SetSpec(
@@ -399,6 +447,8 @@ def _build(path: Path, name: str, raw: _File) -> Config:
             every=entry.schedule.every if entry.schedule else None,
             cron=entry.schedule.cron if entry.schedule else None,
             apply=entry.apply,
+            rollout=rollout_of(entry.rollout, targets, where, bool(raw.inventory)),
+            caps=caps_of(entry.until, entry.pins, targets, where, bool(raw.inventory)),
         )
     return Config(
         path=path,
@@ -408,4 +458,21 @@ def _build(path: Path, name: str, raw: _File) -> Config:
         sets_directory=sets_directory,
         daemon=raw.daemon,
         _raw=raw,
+        inventory=raw.inventory,
+        inventory_refresh=raw.migrations.inventory_refresh,
+        origin=dict.fromkeys(databases, "databases"),
+        per_server=raw.migrations.per_server,
+        notify=hooks_of(raw.notify),
     )
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of config.json, generated from the models (``orchestrator config-schema``).
+
+    Sections of the C Web Framework's config.json that orchestrator does not read
+    stay allowed, as :func:`load` ignores them.
+    """
+    schema = _File.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "orchestrator config.json"
+    return schema

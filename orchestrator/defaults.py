@@ -64,3 +64,8 @@ CLUSTER_LEASE = 30.0
 
 INVENTORY_REFRESH = 60.0
 """Seconds between two reads of the inventory sources by the daemon (``migrations.inventory_refresh``)."""
+
+LOCK_TIMEOUT = 2.0
+"""Seconds one attempt of a migration may wait for a lock (migrations.lock_timeout)."""
+LOCK_RETRIES = 10
+"""Attempts after the first that a lock timeout may retry (migrations.lock_retries)."""

@@ -13,15 +13,17 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from orchestrator.state import utc
 
 if TYPE_CHECKING:
     from orchestrator.checks import Validation
+    from orchestrator.config import Config
+    from orchestrator.inventory import Resolution
     from orchestrator.state import BindingStatus, FleetReport
 
-__all__ = ["binding_line", "progress", "report", "summary_line", "table_rows", "utc", "validation"]
+__all__ = ["binding_line", "progress", "report", "summary_line", "table_rows", "targets", "utc", "validation"]
 
 log = logging.getLogger("fleet")
 
@@ -232,4 +234,30 @@ def validation(result: Validation, stream: IO[str], as_json: bool = False) -> No
     extra = f", {len(result.unreachable)} target ledger(s) not checked (unreachable)" if result.unreachable else ""
     stream.write(f"validate: {verdict} in {result.sets} set(s) and {result.targets} target(s){extra} "
                  f"({result.wall_ms / 1000:.2f} s)\n")
+    stream.flush()
+
+
+def targets(config: Config, resolution: Resolution | None, stream: IO[str], as_json: bool = False) -> None:
+    """``orchestrator targets``: every target with where it came from and the sets bound to it, then the sources."""
+    bound: dict[str, list[str]] = {}
+    for spec in config.sets.values():
+        for dbid in spec.targets:
+            bound.setdefault(dbid, []).append(spec.name)
+    rows: list[dict[str, Any]] = [
+        {"dbid": dbid, "driver": db.driver, "source": config.origin.get(dbid, "databases"), "sets": bound.get(dbid, [])}
+        for dbid, db in config.databases.items()]
+    sources = [{"name": s.name, "kind": s.kind, "up": s.up, "targets": s.targets, "error": s.error}
+               for s in (resolution.sources if resolution is not None else [])]
+    if as_json:
+        stream.write(json.dumps({"targets": rows, "sources": sources,
+                                 "problems": resolution.problems if resolution is not None else []}, indent=2) + "\n")
+        return
+    table = [("TARGET", "SOURCE", "SETS")] + [(r["dbid"], r["source"], ", ".join(r["sets"]) or "-") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(2)]
+    for row in table:
+        stream.write(f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}\n")
+    for source in sources:
+        state = "up" if source["up"] else f"DOWN: {source['error']}"
+        stream.write(f"inventory {source['name']} ({source['kind']}): {source['targets']} targets, {state}\n")
+    stream.write(f"{len(rows)} targets\n")
     stream.flush()

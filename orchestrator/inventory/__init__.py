@@ -11,8 +11,9 @@ list across refreshes.
 from __future__ import annotations
 
 from orchestrator.inventory.fetch import SourceError
+from orchestrator.inventory.loading import inventory_of, load, resolved
 from orchestrator.inventory.resolve import REMOVED_KEEP, STATIC, Inventory, Removed, Resolution, SourceStatus
 from orchestrator.inventory.sources import KINDS, Source, parse_sources
 
 __all__ = ["KINDS", "REMOVED_KEEP", "STATIC", "Inventory", "Removed", "Resolution", "Source", "SourceError",
-           "SourceStatus", "parse_sources"]
+           "SourceStatus", "inventory_of", "load", "parse_sources", "resolved"]

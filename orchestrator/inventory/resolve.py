@@ -96,6 +96,14 @@ class Inventory:
         self._discovered: dict[str, str] = {}  # dbid -> source, as of the last resolution
         self._removed: dict[str, Removed] = {}
 
+    def adopt(self, old: Inventory) -> None:
+        """Carry an older instance's last good lists and removals over (a reloaded config, same source names)."""
+        names = {s.name for s in self.sources}
+        self._last = {k: v for k, v in old._last.items() if k in names}
+        self._down_since = {k: v for k, v in old._down_since.items() if k in names}
+        self._discovered = {k: v for k, v in old._discovered.items() if v in names}
+        self._removed = dict(old._removed)
+
     def resolve(self, static: Mapping[str, DatabaseConfig]) -> Resolution:
         """Read every source now; ``static`` are config.json's own entries (also the catalogs sources may read)."""
         now = self.clock()
