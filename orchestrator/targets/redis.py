@@ -10,11 +10,10 @@ The ledger is readable with plain ``redis-cli`` (``<p>`` is the entry's ``prefix
   (``<scope>`` names the boot and PID namespace the pid belongs to, so that a lock whose process is
   gone can be taken over at once instead of after its TTL).
 
-A ``.redis`` file runs in one MULTI/EXEC together with a ``running`` claim in the
-meta hash, after WATCH on both hashes and a check that the version is not
-recorded, so racing runners apply it exactly once. Redis reports runtime errors
-(WRONGTYPE) only in EXEC's reply and never rolls back, so the version enters the
-version hash only once that reply shows every command succeeded; a failure, or a
+A ``.redis`` file runs with its ledger entry in one script, one round trip (``_redis_script``); a connection's
+first file and a file no script can run take MULTI/EXEC (WATCH and a ledger check, the body with a ``running``
+claim, then the promotion to applied). Racing runners apply a file once, and since Redis never rolls back, the
+version enters the version hash only when every command succeeded; a failure, or a
 crash in between, leaves a ``failed`` or ``running`` meta entry that blocks the set
 until ``orchestrator resolve``: the ledger may say "unknown", never a false "applied".
 """
@@ -45,6 +44,7 @@ from orchestrator.targets._redis_commands import (
 )
 from orchestrator.targets._redis_ledger import ledger_rows, parse_meta
 from orchestrator.targets._redis_lock import Heartbeat, holder_for_error, holder_state, holder_text, process_scope
+from orchestrator.targets._redis_script import APPLY, UNSUITABLE, apply_file
 from orchestrator.targets._where import raise_line
 
 if TYPE_CHECKING:
@@ -88,6 +88,7 @@ class RedisTarget:
         self._locks: dict[str, Heartbeat] = {}
         self._readonly_cache: dict[str, bool] = {}
         self._wrote = False  # the dirty-flag migration under way may have changed data
+        self._checked = False  # MULTI/EXEC probed once on this connection: files may take the one-round-trip script
 
     # -- connection ----------------------------------------------------------------
 
@@ -115,7 +116,7 @@ class RedisTarget:
             self.client.close()
             self.client = None
             raise TargetUnreachable(self.dbid, connect_cause(exc, self.db)) from None
-        for name, source in (("renew", _RENEW), ("release", _RELEASE), ("record", _RECORD), ("take_over", _TAKE_OVER)):
+        for name, source in (("renew", _RENEW), ("release", _RELEASE), ("record", _RECORD), ("take_over", _TAKE_OVER), ("apply", APPLY)):
             self._scripts[name] = self.client.register_script(source)
 
     @contextmanager
@@ -329,8 +330,15 @@ class RedisTarget:
                 body.append((number, line, argv))
         if no_transaction:
             return apply_under_dirty_flag(self, script, checksum, lambda: self._one_by_one(script, body))
+        if self._checked:  # MULTI/EXEC probed on this connection (no file runs without them): one round trip
+            done = apply_file(self.client, self._scripts["apply"], self.dbid, script, body, (self._key(script.set_id),
+                              self._key(script.set_id, ":meta")), (self._meta(script.set_id, "applied", checksum, 0),
+                              self._meta(script.set_id, "running", checksum)), lambda *failure: self._fail(script, checksum, *failure))
+            if done is not UNSUITABLE:
+                return done  # type: ignore[no-any-return]
         started = time.monotonic()
         results = self._claim(script, checksum, body)
+        self._checked = True
         if results is None:
             return None
         duration = int((time.monotonic() - started) * 1000)

@@ -1,9 +1,10 @@
 """Redis: what a run says after a lost reply, and a lock whose holder has exited.
 
 The lost reply is made by a TCP relay started in the test on 127.0.0.1: it passes
-everything through until the runner sends the MULTI/EXEC that records a version
-``applied``, then cuts that one connection, after the server executed it (the reply
-is dropped) or before it reached the server. The dead holder is a real process that
+everything through until the runner sends what records a version ``applied`` (the
+MULTI/EXEC that promotes a no-transaction file's claim, or the script that runs a
+file with its ledger entry in one round trip), then cuts that one connection,
+after the server executed it (the reply is dropped) or before it reached the server. The dead holder is a real process that
 took the lock with the runner's own code and exited without releasing it.
 """
 
@@ -25,6 +26,7 @@ from tests.targets.test_redis import ROOT, make_target, meta, raw_client, setup_
 
 VERSIONS = ("v0009", "v0010", "v0011")
 _EXEC_REPLY = re.compile(rb"\*2\r\n:\d+\r\n:\d+\r\n$")
+_SCRIPT_REPLY = re.compile(rb"\*1\r\n:1\r\n$")
 
 
 class CuttingProxy:
@@ -35,9 +37,15 @@ class CuttingProxy:
     connections once the cut is made, so that the ledger cannot be read again.
     """
 
-    def __init__(self, ledger_key: str, version: str, mode: str, close_after_cut: bool = False):
-        # The MULTI/EXEC that records a version applied: HSET <ledger> <version> <time> (the claim writes the meta hash).
+    def __init__(self, ledger_key: str, version: str, mode: str, close_after_cut: bool = False, script: bool = False):
+        # The MULTI/EXEC that records a version applied: HSET <ledger> <version> <time> (the claim writes the meta hash);
+        # or the script's call: EVALSHA <sha> 2 <ledger> <meta> <version> ...
         self.marker = (f"$4\r\nHSET\r\n${len(ledger_key)}\r\n{ledger_key}\r\n${len(version)}\r\n{version}\r\n").encode()
+        if script:
+            meta_key = f"{ledger_key}:meta"
+            self.marker = (f"${len(ledger_key)}\r\n{ledger_key}\r\n${len(meta_key)}\r\n{meta_key}\r\n"
+                           f"${len(version)}\r\n{version}\r\n").encode()
+        self.reply = _SCRIPT_REPLY if script else _EXEC_REPLY
         self.mode, self.close_after_cut = mode, close_after_cut
         self.cut = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -78,7 +86,7 @@ class CuttingProxy:
             while data := server.recv(65536):
                 if armed.is_set():
                     pending += data
-                    if _EXEC_REPLY.search(pending):  # the server executed it: the client never hears so
+                    if self.reply.search(pending):  # the server executed it: the client never hears so
                         self._cut(client, server)
                         return
                     continue
@@ -103,9 +111,13 @@ class CuttingProxy:
             s.close()
 
 
-def _project(project: Any, redis_prefix: dict[str, Any], proxy: CuttingProxy | None = None) -> Path:
+def _project(project: Any, redis_prefix: dict[str, Any], proxy: CuttingProxy | None = None, directive: str = "") -> Path:
     entry = {**redis_prefix, **({"ip": "127.0.0.1", "port": proxy.port} if proxy else {})}
-    return setup_project(project, entry, {f"{v}.redis": f"INCR {{p}}counter\nSET {{p}}{v} done\n" for v in VERSIONS})
+    return setup_project(project, entry, {f"{v}.redis": f"{directive}INCR {{p}}counter\nSET {{p}}{v} done\n" for v in VERSIONS})
+
+
+# Files that record 'applied' in a second step after their body: no-transaction files (claim, body, promotion).
+_PROMOTED = "# orchestrator: no-transaction\n"
 
 
 def _ledger(redis_prefix: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
@@ -118,8 +130,8 @@ def _ledger(redis_prefix: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
 def cutting_proxy(redis_prefix: dict[str, Any]) -> Any:
     proxies: list[CuttingProxy] = []
 
-    def start(mode: str, close_after_cut: bool = False) -> CuttingProxy:
-        proxy = CuttingProxy(f"{redis_prefix['prefix']}migration:s1", "v0010", mode, close_after_cut)
+    def start(mode: str, close_after_cut: bool = False, script: bool = False) -> CuttingProxy:
+        proxy = CuttingProxy(f"{redis_prefix['prefix']}migration:s1", "v0010", mode, close_after_cut, script)
         proxies.append(proxy)
         return proxy
 
@@ -131,7 +143,7 @@ def cutting_proxy(redis_prefix: dict[str, Any]) -> Any:
 def test_a_reply_lost_after_the_version_was_recorded_is_checked_not_reported_running(
         project: Any, redis_prefix: dict[str, Any], cutting_proxy: Any, orchestrator: Any) -> None:
     proxy = cutting_proxy("after")
-    config = _project(project, redis_prefix, proxy)
+    config = _project(project, redis_prefix, proxy, _PROMOTED)
     code, out, err = orchestrator("up", "all", config, "redis.r1", "s1")
     assert proxy.cut.is_set()
     assert code == 0, out + err
@@ -143,7 +155,7 @@ def test_a_reply_lost_after_the_version_was_recorded_is_checked_not_reported_run
 def test_a_reply_lost_with_the_server_out_of_reach_says_the_outcome_is_unknown(
         project: Any, redis_prefix: dict[str, Any], cutting_proxy: Any, orchestrator: Any) -> None:
     proxy = cutting_proxy("after", close_after_cut=True)
-    config = _project(project, redis_prefix, proxy)
+    config = _project(project, redis_prefix, proxy, _PROMOTED)
     code, out, err = orchestrator("up", "all", config, "redis.r1", "s1")
     assert code == 3, out + err
     line = next(text for text in err.splitlines() if "recording s1/v0010.redis applied" in text)
@@ -155,11 +167,53 @@ def test_a_reply_lost_with_the_server_out_of_reach_says_the_outcome_is_unknown(
 def test_a_record_that_never_reached_the_server_is_reported_still_running(
         project: Any, redis_prefix: dict[str, Any], cutting_proxy: Any, orchestrator: Any) -> None:
     proxy = cutting_proxy("before")
-    config = _project(project, redis_prefix, proxy)
+    config = _project(project, redis_prefix, proxy, _PROMOTED)
     code, out, err = orchestrator("up", "all", config, "redis.r1", "s1")
     assert code == 3, out + err
     assert "it ran, and the ledger, read again, still shows it 'running'" in err, err
     assert _ledger(redis_prefix) == (["v0009"], {"v0009": "applied", "v0010": "running", "v0011": None})
+
+
+# -- a file and its ledger entry in one script: no 'running' limbo -----------------------------------------
+
+
+def test_a_script_reply_lost_after_it_ran_is_checked_and_reported_applied(
+        project: Any, redis_prefix: dict[str, Any], cutting_proxy: Any, orchestrator: Any) -> None:
+    proxy = cutting_proxy("after", script=True)
+    config = _project(project, redis_prefix, proxy)
+    code, out, err = orchestrator("up", "all", config, "redis.r1", "s1")
+    assert proxy.cut.is_set()
+    assert code == 0, out + err
+    assert "read again, the ledger shows it applied" in err and "unreachable" not in err, err
+    assert _ledger(redis_prefix) == (list(VERSIONS), dict.fromkeys(VERSIONS, "applied"))
+    assert raw_client().get(f"{redis_prefix['prefix']}counter") == "3"  # each ran once
+
+
+def test_a_script_that_never_reached_the_server_leaves_nothing_to_resolve(
+        project: Any, redis_prefix: dict[str, Any], cutting_proxy: Any, orchestrator: Any) -> None:
+    proxy = cutting_proxy("before", script=True)
+    config = _project(project, redis_prefix, proxy)
+    code, out, err = orchestrator("up", "all", config, "redis.r1", "s1")
+    assert proxy.cut.is_set()
+    assert code == 3, out + err
+    assert "nothing was applied (the ledger, read again, does not hold it)" in err, err
+    # Not 'running': the body and its entry travel together, so the next run simply applies it.
+    assert _ledger(redis_prefix) == (["v0009"], {"v0009": "applied", "v0010": None, "v0011": None})
+    assert raw_client().get(f"{redis_prefix['prefix']}counter") == "1"
+    project.databases["redis"][0].update(ip=REDIS["ip"], port=REDIS["port"])  # straight to the server now
+    code, out, err = orchestrator("up", "all", project.config, "redis.r1", "s1")
+    assert code == 0, out + err
+    assert raw_client().get(f"{redis_prefix['prefix']}counter") == "3"
+
+
+def test_a_script_reply_lost_with_the_server_out_of_reach_says_the_outcome_is_unknown(
+        project: Any, redis_prefix: dict[str, Any], cutting_proxy: Any, orchestrator: Any) -> None:
+    proxy = cutting_proxy("after", close_after_cut=True, script=True)
+    config = _project(project, redis_prefix, proxy)
+    code, out, err = orchestrator("up", "all", config, "redis.r1", "s1")
+    assert code == 3, out + err
+    assert "connection lost while applying s1/v0010.redis: whether it ran is unknown until the ledger can be read again" in err, err
+    assert _ledger(redis_prefix) == (["v0009", "v0010"], {"v0009": "applied", "v0010": "applied", "v0011": None})
 
 
 _DEAD_HOLDER = """
