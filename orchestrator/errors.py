@@ -17,6 +17,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_PENDING",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "ConfigError",
@@ -34,10 +35,12 @@ EXIT_OK = 0  # done, or current (pending counts too: status and plan only report
 EXIT_FAILED = 1  # a migration failed; a binding is failed, drifted or locked
 EXIT_USAGE = 2  # usage or config error, a set unreadable: nothing was attempted
 EXIT_UNREACHABLE = 3  # a target could not be reached
+EXIT_PENDING = 4  # status --exit-code: migrations are pending (dbmate's --exit-code), nothing worse
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 _STATE_EXIT_CODES = {"current": EXIT_OK, "pending": EXIT_OK, "failed": EXIT_FAILED, "drift": EXIT_FAILED,
-                     "unreachable": EXIT_UNREACHABLE, "locked": EXIT_FAILED}
+                     "unreachable": EXIT_UNREACHABLE, "locked": EXIT_FAILED,
+                     "held": EXIT_OK, "capped": EXIT_OK}  # held back by a rollout or a version cap: not a failure
 # When several outcomes meet, the most actionable wins: a config problem, then a failure, then a target down.
 _PRECEDENCE = (EXIT_USAGE, EXIT_FAILED, EXIT_UNREACHABLE)
 

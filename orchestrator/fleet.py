@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ from orchestrator.config import Config, load
 from orchestrator.errors import ConfigError, LockHeld, OrchestratorError, TargetUnreachable
 from orchestrator.runner import blocking_row
 from orchestrator.runner import run as run_set
+from orchestrator.serverslots import ServerSlots, interleave, server_key
 from orchestrator.state import STATES, BindingStatus, FleetReport, SetInfo, assess, one_line
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ __all__ = ["STATES", "BindingStatus", "FleetReport", "Run", "catch_up", "plan", 
 log = logging.getLogger("fleet")
 
 OnResult = Callable[[BindingStatus], None]
+Allow = Callable[[str, str, list[str]], list[str]]  # (set, dbid, pending versions) -> those it may start now
 
 
 def shard_of(dbid: str, shards: int) -> int:
@@ -68,6 +70,8 @@ class Run:
     on_result: OnResult | None = None
     should_stop: Callable[[], bool] | None = None
     slots: threading.Semaphore | None = None  # shared by concurrent runs (the daemon's sets): one per open target
+    servers: ServerSlots | None = None  # migrations.per_server: targets of one server worked on at once
+    allow: Allow | None = None  # a rollout's gate: which pending versions a binding may start now
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def stop_requested(self) -> bool:
@@ -84,7 +88,8 @@ class Run:
 def prepare(config: Config | str | Path, set_name: str | None = None, target: str | None = None,
             shard: tuple[int, int] | None = None, skip: Callable[[str, str], bool] | None = None, *,
             on_result: OnResult | None = None, should_stop: Callable[[], bool] | None = None,
-            config_name: str | None = None, slots: threading.Semaphore | None = None) -> Run:
+            config_name: str | None = None, slots: threading.Semaphore | None = None,
+            servers: ServerSlots | None = None, allow: Allow | None = None) -> Run:
     """Select the bindings of a run (by set, target glob, shard and ``skip(set, dbid)``) and read their sets once."""
     config = config if isinstance(config, Config) else load(config)
     if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
@@ -99,8 +104,11 @@ def prepare(config: Config | str | Path, set_name: str | None = None, target: st
         if spec.name not in infos:
             infos[spec.name] = SetInfo(spec)
         groups.setdefault(dbid, []).append(spec.name)
+    # Servers in turn, so the pool's threads do not all queue on one server's per_server slots.
+    groups = {dbid: groups[dbid] for dbid in interleave(groups, lambda d: server_key(config.databases[d]) or d)}
     return Run(config, infos, groups, config_name or str(config.path.name), on_result=on_result,
-               should_stop=should_stop, slots=slots)
+               should_stop=should_stop, slots=slots, allow=allow,
+               servers=servers if servers is not None else ServerSlots(config.per_server))
 
 
 # -- fan-out over the targets ----------------------------------------------------
@@ -141,10 +149,12 @@ def _pool_name(workers: int | None, dbids: list[str]) -> str:
 
 
 def _in_slot(run: Run, work: Work, dbid: str) -> list[BindingStatus]:
-    if run.slots is None:
-        return work(run, dbid)
-    with run.slots:
-        return work(run, dbid)
+    servers = run.servers or ServerSlots(None)
+    with servers.slot(server_key(run.config.databases[dbid])):
+        if run.slots is None:
+            return work(run, dbid)
+        with run.slots:
+            return work(run, dbid)
 
 
 def _failure_state(dbid: str, exc: BaseException) -> tuple[str, str]:
@@ -305,8 +315,16 @@ def _catch_up_binding(run: Run, target: Target, info: SetInfo, driver: str, lock
     applied: list[Applied] = []
     failure: tuple[str, str] | None = None
     assert info.mset is not None, "an unreadable set is never run"
+    mset = info.mset
+    if run.allow is not None:
+        now = assess(info, target.dbid, driver, rows, None, run.config_name)
+        allowed = set(run.allow(set_id, target.dbid, now.pending))
+        if not allowed and now.pending:
+            return now  # the rollout holds it back (the caller marks it held or capped)
+        # Only what the gate allows is pending for the runner; applied versions stay for its out-of-order check.
+        mset = replace(mset, migrations=tuple(m for m in mset.migrations if m.version in allowed or m.version in rows))
     try:
-        run_set(target, info.mset, lock_wait=lock_wait, config_name=run.config_name, prefix=f"{target.dbid}/{set_id}: ",
+        run_set(target, mset, lock_wait=lock_wait, config_name=run.config_name, prefix=f"{target.dbid}/{set_id}: ",
                 should_stop=run.stop_requested, on_applied=applied.append)
         rows = target.applied(set_id)  # the ledger as this run left it
     except Exception as exc:
@@ -339,6 +357,8 @@ def _after_run(run: Run, info: SetInfo, dbid: str, driver: str, rows: dict[str, 
         st.last_version = max([*missed, *([st.last_version] if st.last_version else [])])
     if failure is not None:
         st.state, st.error = failure
+        if st.state == "failed" and st.failed_version is None and st.pending:
+            st.failed_version = st.pending[0]  # migrations run in order: the first still pending is the one that failed
     return st
 
 
@@ -346,7 +366,8 @@ def catch_up(config: Config | str | Path, set_name: str | None = None, target: s
              workers: int | None = None, shard: tuple[int, int] | None = None, on_result: OnResult | None = None,
              should_stop: Callable[[], bool] | None = None, skip: Callable[[str, str], bool] | None = None,
              lock_wait: float = defaults.LOCK_WAIT, config_name: str | None = None,
-             slots: threading.Semaphore | None = None) -> FleetReport:
+             slots: threading.Semaphore | None = None, servers: ServerSlots | None = None,
+             allow: Allow | None = None) -> FleetReport:
     """Apply everything pending on every selected binding, concurrently, isolating failures.
 
     One task per target on ``workers`` threads (default ``daemon.workers``); the
@@ -356,10 +377,13 @@ def catch_up(config: Config | str | Path, set_name: str | None = None, target: s
     ``should_stop`` is polled before each target and each set (nothing new starts
     once it returns True; a running migration finishes; bindings not started are
     left out of the report); ``skip(set, dbid)`` leaves a binding out; ``slots``, a
-    semaphore shared by concurrent runs, caps the targets open across all of them. Never raises
+    semaphore shared by concurrent runs, caps the targets open across all of them; ``servers``
+    (default: ``migrations.per_server``) caps the targets of one server worked on at once;
+    ``allow(set, dbid, pending)`` (a rollout's gate) says which pending versions a binding may
+    start now, the rest staying pending. Never raises
     for a target's failure: each binding carries its own state.
     """
     run = prepare(config, set_name, target, shard, skip, on_result=on_result, should_stop=should_stop,
-                  config_name=config_name, slots=slots)
+                  config_name=config_name, slots=slots, servers=servers, allow=allow)
     return _fan_out(run, lambda r, dbid: _per_binding(
         r, dbid, False, lambda t, i, d: _catch_up_binding(r, t, i, d, lock_wait)), workers, "catch-up")

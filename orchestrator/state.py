@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STATES", "BindingStatus", "FleetReport", "SetInfo", "assess", "one_line", "utc"]
 
-STATES = ("current", "pending", "failed", "drift", "unreachable", "locked")
+STATES = ("current", "pending", "failed", "drift", "unreachable", "locked", "held", "capped")
 
 
 def one_line(exc: BaseException) -> str:
@@ -68,6 +68,14 @@ class BindingStatus:
     holder: str | None = None  # who holds the (target, set) lock, when state is locked
     set_error: bool = False  # the set itself is unreadable (a config problem, exit 2)
     waiting: bool = False  # a pending file holds nothing to run (e.g. an untouched template): nothing applied until it changes
+    # Rollouts (see orchestrator.waves): the target's wave, versions held back or past a cap, and why.
+    wave: str | None = None
+    held: list[str] = field(default_factory=list)
+    capped: list[str] = field(default_factory=list)
+    hold_reason: str | None = None
+    soak_until: int | None = None  # Unix seconds when the soak holding it ends
+    applied_at: dict[str, int] = field(default_factory=dict, repr=False)  # applied version -> apply_time (ledger)
+    failed_version: str | None = None  # the version a failed binding is stuck at, when known
 
     @property
     def exit_code(self) -> int:
@@ -81,7 +89,9 @@ class BindingStatus:
             "last_version": self.last_version, "last_apply_time": self.last_apply_time,
             "last_apply_utc": utc(self.last_apply_time), "applied_now": list(self.applied_now),
             "drift": list(self.drift), "holder": self.holder, "error": self.error, "waiting": self.waiting,
-            "duration_ms": self.duration_ms,
+            "duration_ms": self.duration_ms, "wave": self.wave, "held": list(self.held),
+            "capped": list(self.capped), "hold_reason": self.hold_reason, "soak_until": self.soak_until,
+            "soak_until_utc": utc(self.soak_until), "failed_version": self.failed_version,
         }
 
 
@@ -217,6 +227,7 @@ def _count_applied(st: BindingStatus, info: SetInfo, rows: dict[str, LedgerRow])
     """How many of the set's migrations are applied, the newest and when; adopted C-tool rows count if in the set."""
     done = [r for v, r in rows.items() if r.status == "applied" and (not r.legacy or v in info.versions)]
     st.applied = len(done)
+    st.applied_at = {r.version: r.apply_time for r in done}
     if done:
         st.last_version = max(r.version for r in done)
         st.last_apply_time = max(r.apply_time for r in done) or None
@@ -272,6 +283,7 @@ def _settle(st: BindingStatus, blocked: LedgerRow | None, holder: str | None, co
     """The state, by precedence: failed (blocked), drift, locked, pending, else current."""
     if blocked is not None:
         st.state, st.error = "failed", _blocked_line(st, blocked, config_name)
+        st.failed_version = blocked.version
     elif st.drift:
         st.state = "drift"
         st.error = st.drift[0] + (f" (and {len(st.drift) - 1} more)" if len(st.drift) > 1 else "")
