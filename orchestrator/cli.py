@@ -144,6 +144,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "catch-up":
             p.add_argument("--workers", type=int, default=None, metavar="N", help="targets worked on at once (default daemon.workers)")
             p.add_argument("--lock-wait", type=float, default=None, metavar="SECONDS", help="seconds to wait for a held lock (default 10)")
+            p.add_argument("--wait", action="store_true",
+                           help="keep going through rollout soak times until everything is applied or failures stop it")
         if name == "status":
             p.add_argument("--exit-code", action="store_true",
                            help=f"exit {EXIT_PENDING} when any migration is pending (for CI gates), unless a worse state sets the code")
@@ -255,6 +257,17 @@ def _cmd_up(args: argparse.Namespace) -> int:
     config, _ = _load(config_path)
     migration_set = _resolve_set(config, set_name)
     set_name = migration_set.name
+    if args.to is not None:
+        import dataclasses
+
+        versions = migration_set.versions
+        if args.to not in versions:
+            near = ", ".join(versions[-3:]) or "none"
+            raise ConfigError(f"up: --to {args.to!r} is not a version of set {set_name} (its last: {near})")
+        if len(positional) == 3:
+            limit = None  # --to says where to stop; no count means all of them up to there
+        # The runner sees the set only up to VERSION, so nothing after it can be applied, even in a race.
+        migration_set = dataclasses.replace(migration_set, migrations=migration_set.migrations[: versions.index(args.to) + 1])
     if set_name in config.sets and dbid in config.databases and dbid not in config.sets[set_name].targets:
         log.warning("%s is not bound to %s in %s; applying as asked", set_name, dbid, config.path.name)
     target = _open(config, dbid)
@@ -318,7 +331,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_fleet(args: argparse.Namespace) -> int:
     """``catch-up``, ``status`` and ``plan``: one log line per binding as it ends, then the report."""
-    from orchestrator import defaults, fleet, render
+    from orchestrator import defaults, render, waves
+    from orchestrator.notify import Notifier
 
     config, resolution = _load(args.config)
     _check_fleet_args(config, args)
@@ -339,12 +353,16 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
 
         workers: int | None = getattr(args, "workers", None)
         if args.command == "catch-up":
-            report = fleet.catch_up(config, args.set_name, args.target, workers, on_result=on_result,
-                                    lock_wait=defaults.LOCK_WAIT if args.lock_wait is None else args.lock_wait,
-                                    config_name=args.config)
+            notifier = Notifier(config.notify)
+            try:
+                report = waves.catch_up(config, args.set_name, args.target, workers, on_result=on_result,
+                                        lock_wait=defaults.LOCK_WAIT if args.lock_wait is None else args.lock_wait,
+                                        config_name=args.config, wait=args.wait, notifier=notifier)
+            finally:
+                notifier.close(wait=defaults.NOTIFY_FLUSH)  # a dead receiver costs at most this, said in one line
         else:
-            read = fleet.plan if args.command == "plan" else fleet.status
-            report = read(config, args.set_name, args.target, workers, on_result=on_result, config_name=args.config)
+            report = waves.status(config, args.set_name, args.target, workers, on_result=on_result,
+                                  config_name=args.config, command=args.command)
     if args.json or not args.quiet:  # -q: nothing but errors; --json was asked for explicitly
         render.report(report, sys.stdout, as_json=args.json)
     code = report.exit_code
@@ -470,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         args = parser.parse_args(argv)
+        args.quiet = verbosity < 0  # -q before or after the command (a subcommand's default would hide the first)
         return _COMMANDS[args.command](args)
     except OrchestratorError as exc:
         for line in str(exc).splitlines() or [""]:  # several faults (a config's): one error line each

@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import json
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
 
 from orchestrator.cluster import control, store
+from orchestrator.errors import ConfigError
 
 if TYPE_CHECKING:
     from orchestrator.config import PostgresqlConfig
 
-__all__ = ["read", "render"]
+__all__ = ["command", "read", "render"]
+
+
+def command(config_path: str, as_json: bool, out: TextIO | None = None) -> int:
+    """``orchestrator cluster status CONFIG [--json]``: 0 when read, 2 without daemon.cluster, 3 when the store is away."""
+    from orchestrator import config as config_module
+    from orchestrator.config import PostgresqlConfig
+
+    config = config_module.load(config_path)
+    spec = config.daemon.cluster
+    if spec is None:
+        raise ConfigError(f"{config.path.name}: no daemon.cluster in the config: cluster status reads the control "
+                          "store that daemon.cluster.store names")
+    db = config.database(spec.store)
+    assert isinstance(db, PostgresqlConfig)
+    doc = read(db, spec.lease)
+    out = out or sys.stdout
+    out.write(json.dumps(doc, indent=2) + "\n" if as_json else render(doc))
+    return 0
 
 
 def read(db: PostgresqlConfig, lease: float) -> dict[str, Any]:

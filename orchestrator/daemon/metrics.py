@@ -23,8 +23,8 @@ _RUN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 360
 class Metrics:
     """The daemon's counters and the snapshot's gauges; ``render()`` is the /metrics body."""
 
-    def __init__(self, source: StatusSource):
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+    def __init__(self, source: StatusSource, shard: tuple[int, int] | None = None):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
         self.applied = Counter("orchestrator_migrations_applied", "Migrations this process applied.",
@@ -37,6 +37,16 @@ class Metrics:
                               "Scheduler events: missed runs, runs skipped as still running, job errors.",
                               ["event"], registry=self.registry)
         self.registry.register(_SnapshotCollector(source))
+        self.undelivered = Gauge("orchestrator_notifications_undelivered",
+                                 "Webhook events given up on (receiver down past the retries, or queue full) since start.",
+                                 registry=self.registry)
+        self.inventory_up = Gauge("orchestrator_inventory_up", "1 when the inventory source answered at its last read, "
+                                  "else 0 (its last good list is kept).", ["source"], registry=self.registry)
+        # This replica's --shard I/N (0 of 1 without one), so replicas that disagree on N can be alerted on.
+        Gauge("orchestrator_shard_count", "N of this replica's --shard I/N (1 without sharding).",
+              registry=self.registry).set(shard[1] if shard else 1)
+        Gauge("orchestrator_shard_index", "I of this replica's --shard I/N (0 without sharding).",
+              registry=self.registry).set(shard[0] if shard else 0)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -66,6 +76,9 @@ class _SnapshotCollector:
                                   "Unix time of the next retry of a failing (set, target).", labels=["set", "target"])
         up = GaugeMetricFamily("orchestrator_target_up", "0 when the last attempt could not reach the target, else 1.",
                                labels=["target"])
+        stale = GaugeMetricFamily("orchestrator_binding_stale",
+                                  "Cluster mode: 1 when no replica refreshed the (set, target) for twice its interval.",
+                                  labels=["set", "target"])
         targets: dict[str, int] = {}
         for binding, notes in self._source.rows():
             labels = [binding.set_id, binding.dbid]
@@ -76,10 +89,12 @@ class _SnapshotCollector:
                 last.add_metric(labels, float(binding.last_apply_time))
             if notes.get("next_retry") is not None:
                 retry.add_metric(labels, float(notes["next_retry"]))
+            if "stale" in notes:
+                stale.add_metric(labels, 1.0 if notes["stale"] else 0.0)
             targets[binding.dbid] = min(targets.get(binding.dbid, 1), 0 if binding.state == "unreachable" else 1)
         for dbid, value in sorted(targets.items()):
             up.add_metric([dbid], value)
         ready, _ = self._source.ready()
         ready_gauge = GaugeMetricFamily("orchestrator_ready", "1 once the first status refresh is done and the scheduler runs.",
                                         value=1 if ready else 0)
-        return [pending, state, last, retry, up, ready_gauge]
+        return [pending, state, last, retry, up, stale, ready_gauge]

@@ -14,17 +14,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import fleet, render
+from orchestrator import fleet, render, waves
 from orchestrator.daemon.common import hms, iso, shard_targets
 from orchestrator.errors import OrchestratorError
+from orchestrator.notify import Notifier, Once
 from orchestrator.redact import redact
+from orchestrator.serverslots import ServerSlots
 from orchestrator.state import BindingStatus, FleetReport
 
 if TYPE_CHECKING:
     from orchestrator.backoff import Backoff, Clock
+    from orchestrator.cluster.mode import ClusterMode
     from orchestrator.config import Config
     from orchestrator.daemon.metrics import Metrics
     from orchestrator.daemon.snapshot import Snapshot
@@ -73,7 +76,7 @@ class Outcome:
 
     set_id: str
     reason: str
-    mode: str  # "catch-up", "status" or "deferred"
+    mode: str  # "catch-up", "status", "deferred" or "queued" (cluster mode)
     report: FleetReport | None = None
     skipped: frozenset[str] = frozenset()
     started: datetime | None = None
@@ -101,6 +104,15 @@ class Runs:
         # Sets run side by side on the scheduler's pool; one budget of daemon.workers open
         # targets across all of them keeps the daemon from holding workers² connections.
         self.slots = threading.BoundedSemaphore(config.daemon.workers)
+        self.cluster: ClusterMode | None = None  # cluster mode: a run queues its targets' work instead
+        self.on_soak: Callable[[str, datetime], None] | None = None  # (set, when a rollout's soak ends): run it then
+        # Webhooks: one notifier for all runs (rebuilt when a reload changes notify[]), events once per new condition.
+        self.notices = Once()
+        self.servers = ServerSlots(config.per_server)  # per_server slots shared by the sets' concurrent runs
+        self._notify_lock = threading.Lock()
+        self._notifier = Notifier(config.notify)
+        self._undelivered_before = 0
+        metrics.undelivered.set_function(lambda: self._undelivered_before + self._notifier.undelivered)
 
     def state(self, name: str) -> SetRuns:
         with self._states_lock:
@@ -153,6 +165,8 @@ class Runs:
         if not status_only and not self.watcher.settled(name):
             log.info("%s: migration files are still changing; the run waits until they settle", name)
             return Outcome(name, reason, "deferred", started=started)
+        if self.cluster is not None and not status_only:
+            return self._queue(name, reason, started, clock_start)
         skipped: set[str] = set()
         workers = config.daemon.workers
         try:
@@ -160,10 +174,13 @@ class Runs:
                 report = fleet.status(config, name, workers=workers, shard=self.shard, slots=self.slots)
             else:
                 skipped = self._hold_back(config, name, reason)
-                report = fleet.catch_up(config, name, workers=workers, shard=self.shard, slots=self.slots,
+                report = waves.catch_up(config, name, workers=workers, shard=self.shard, slots=self.slots,
                                         on_result=lambda binding: self._live(binding, skipped),
-                                        should_stop=self._stopping.is_set, skip=lambda _set, dbid: dbid in skipped)
+                                        should_stop=self._stopping.is_set, skip=lambda _set, dbid: dbid in skipped,
+                                        servers=self._servers(config), notifier=self._notifier_for(config),
+                                        notices=self.notices, finished="changes")
                 self._note_failures(name, report, skipped)
+                self._after_soak(name, report)
         except OrchestratorError as exc:  # the set itself is unusable (bad file, duplicate version): every binding shows it
             message = redact(str(exc))
             log.error("%s: %s", name, message)
@@ -172,6 +189,54 @@ class Runs:
             return Outcome(name, reason, "catch-up", report, frozenset(), started, time.monotonic() - clock_start, message)
         return Outcome(name, reason, "status" if status_only else "catch-up", report, frozenset(skipped), started,
                        time.monotonic() - clock_start)
+
+    def _queue(self, name: str, reason: str, started: datetime, clock_start: float) -> Outcome:
+        """Cluster mode: the run becomes one job per target in the control store; any replica's worker takes it."""
+        from orchestrator.cluster.store import StoreUnavailable
+
+        assert self.cluster is not None
+        try:
+            queued = self.cluster.queue_set(name, reason)
+        except StoreUnavailable as exc:
+            log.warning("%s: run (%s) not queued: %s; the next run queues it", name, reason, exc)
+            return Outcome(name, reason, "deferred", started=started, error=str(exc))
+        if queued:
+            log.info("%s: %d target(s) queued (%s)", name, queued, reason)
+        return Outcome(name, reason, "queued", started=started, seconds=time.monotonic() - clock_start)
+
+    def record_result(self, binding: BindingStatus) -> None:
+        """A binding this replica's worker just caught up (cluster mode): snapshot, log line and counters."""
+        self._live(binding, set())
+        if binding.applied_now:
+            self.metrics.applied.labels(binding.set_id, binding.dbid).inc(len(binding.applied_now))
+        if binding.state == "failed":
+            self.metrics.failed.labels(binding.set_id, binding.dbid).inc()
+
+    def _notifier_for(self, config: Config) -> Notifier:
+        """The webhooks' notifier; a reload that changed notify[] replaces it (the old one's queue is given up)."""
+        with self._notify_lock:
+            if tuple(config.notify) != self._notifier.hooks:
+                old, self._notifier = self._notifier, Notifier(config.notify)
+                old.close()
+                self._undelivered_before += old.undelivered
+            return self._notifier
+
+    def _servers(self, config: Config) -> ServerSlots:
+        if config.per_server != self.servers.per_server:
+            self.servers = ServerSlots(config.per_server)  # a reload changed migrations.per_server
+        return self.servers
+
+    def _after_soak(self, name: str, report: FleetReport) -> None:
+        """A rollout waiting for a soak: run the set again the moment it ends."""
+        ends = [b.soak_until for b in report.bindings if b.state == "held" and b.soak_until]
+        if ends and self.on_soak is not None:
+            at = datetime.fromtimestamp(min(ends), UTC)
+            log.info("%s: rollout soaking; next run at %s", name, hms(at))
+            self.on_soak(name, at)
+
+    def close(self, wait: float = 0.0) -> None:
+        """Stop the notifier, giving queued events up to ``wait`` seconds."""
+        self._notifier.close(wait)
 
     def refresh_all(self) -> None:
         """The first status read of every binding, before any run."""

@@ -20,21 +20,25 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import __version__, fleet, render
+from orchestrator import __version__, defaults, render, waves
 from orchestrator import config as config_module
 from orchestrator.backoff import Backoff
+from orchestrator.cluster.shard import resolve_shard
 from orchestrator.daemon.common import shard_targets, utcnow
+from orchestrator.daemon.discovery import Discovery
 from orchestrator.daemon.metrics import Metrics
 from orchestrator.daemon.runs import Runs
 from orchestrator.daemon.scheduling import Scheduling
 from orchestrator.daemon.snapshot import Snapshot
 from orchestrator.errors import ConfigError
 from orchestrator.http import StatusServer, check_http_config, is_loopback
+from orchestrator.notify import Notifier
 from orchestrator.redact import redact
 from orchestrator.watcher import Watcher
 
 if TYPE_CHECKING:
     from orchestrator.backoff import Clock
+    from orchestrator.cluster.mode import ClusterMode
     from orchestrator.config import Config
     from orchestrator.state import BindingStatus
 
@@ -61,14 +65,21 @@ class Daemon:
         self.clock = clock
         self.started_at = clock()
         self._stopping = threading.Event()
+        self.discovery = Discovery(config)  # the config as loaded; runs work on it over the inventory's targets
+        config = self.discovery.resolve()
+        self._inventory_guard = threading.Lock()
+        self._inventory_thread: threading.Thread | None = None
         self._ready = False
         self.backoff = Backoff(clock, config.daemon.retry_min, config.daemon.retry_max)
         self.watcher = Watcher({name: spec.folder for name, spec in config.sets.items()})
         self.snapshot = Snapshot(self, self.backoff)
-        self.metrics = Metrics(self.snapshot)
+        self.metrics = Metrics(self.snapshot, shard)
         self.runs = Runs(config, shard, clock, snapshot=self.snapshot, metrics=self.metrics, backoff=self.backoff,
                          watcher=self.watcher, stopping=self._stopping, on_retry=lambda name, at: self.scheduling.retry(name, at))
         self.scheduling = Scheduling(self.runs, self.snapshot, self.metrics, clock, self._stopping)
+        self.runs.on_soak = lambda name, at: self.scheduling.request(name, "soak", at)
+        self._record_inventory()
+        self.cluster = _cluster_mode(self, config)
         self._server: StatusServer | None = None
         self._watch_thread: threading.Thread | None = None
         self._stop_signal = 0
@@ -126,10 +137,18 @@ class Daemon:
         shard = f", shard {self.shard[0]}/{self.shard[1]}" if self.shard else ""
         log.info("orchestrator %s daemon: %d sets, %d workers%s; status on %s", __version__, len(config.sets),
                  config.daemon.workers, shard, self._server.url)
+        if self.cluster is not None:
+            self.cluster.start()  # the control store's schema, this replica's entry and its worker
+            log.info("cluster mode: control store %s, lease %gs, replica %s", self.cluster.db.dbid,
+                     self.cluster.lease, self.cluster.owner)
         self.runs.refresh_all()
         self.scheduling.start(config)
         self._watch_thread = threading.Thread(target=self._watch_loop, name="orchestrator-watch", daemon=True)
         self._watch_thread.start()
+        if self.discovery.active:
+            self._inventory_thread = threading.Thread(target=self._inventory_loop, name="orchestrator-inventory",
+                                                      daemon=True)
+            self._inventory_thread.start()
         self._ready = True
 
     def serve(self) -> int:
@@ -158,8 +177,12 @@ class Daemon:
         # lock while it waits, and a finishing run still settles its job's next time through that lock.
         self.scheduling.wait_idle()
         self.scheduling.shutdown()
+        if self.cluster is not None:
+            # Jobs in flight end after their current set; the sets they did not start go back to the queue.
+            self.cluster.stop()
         if self._watch_thread is not None:
             self._watch_thread.join(timeout=5)
+        self.runs.close(wait=defaults.NOTIFY_FLUSH)  # webhook events still queued get a few seconds
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -170,7 +193,8 @@ class Daemon:
         """Re-read config.json; a bad new config is logged (one line) and the running one kept."""
         old = self.config
         try:
-            new = config_module.load(old.path)
+            with self._inventory_guard:
+                new = self.discovery.reload(config_module.load(old.path))
             check_http_config(new.daemon.http, str(new.path))
             host = self._server.address[0] if self._server is not None else None
             if host is not None and not is_loopback(host) and not _secret(new.daemon.http.token):
@@ -188,11 +212,44 @@ class Daemon:
         self.backoff.clear()  # an operator reloading (e.g. after 'resolve') wants failing targets tried now
         self.watcher.set_folders({name: spec.folder for name, spec in new.sets.items()})
         keep = {(name, dbid) for name in new.sets for dbid in shard_targets(new, name, self.shard)}
-        self.snapshot.keep_only(keep)
+        self.snapshot.keep_only(keep | self.snapshot.removed_keys(self.discovery.removed()))
+        self._record_inventory()
         self.scheduling.schedule(new, startup=False)
         self.snapshot.record_reload(self.clock(), None)
         log.info("reloaded %s: %d sets, %d bindings", new.path.name, len(new.sets), len(keep))
         return True
+
+    def refresh_inventory(self) -> None:
+        """Re-read the inventory: new targets are caught up now, vanished ones shown as removed and left alone."""
+        with self._inventory_guard:
+            old = self.config
+            new = self.discovery.resolve()
+            self.config = new
+            keep = {(name, dbid) for name in new.sets for dbid in shard_targets(new, name, self.shard)}
+            self.snapshot.keep_only(keep | self.snapshot.removed_keys(self.discovery.removed()))
+            self._record_inventory()
+        for name, spec in new.sets.items():
+            added = set(spec.targets) - set(old.sets[name].targets if name in old.sets else ())
+            if added and not self._stopping.is_set():
+                shown = ", ".join(sorted(added)[:5]) + (f" and {len(added) - 5} more" if len(added) > 5 else "")
+                log.info("%s: %d new target(s) from the inventory (%s); running the set", name, len(added), shown)
+                self.scheduling.request(name, "inventory")
+
+    def _record_inventory(self) -> None:
+        if not self.discovery.active:
+            return
+        sources = self.discovery.sources()
+        self.snapshot.record_inventory(sources, self.discovery.problems())
+        for source in sources:
+            self.metrics.inventory_up.labels(source=source["name"]).set(1 if source["up"] else 0)
+        self.snapshot.mark_removed(self.discovery.removed())
+
+    def _inventory_loop(self) -> None:
+        while not self._stopping.wait(self.discovery.interval):
+            try:
+                self.refresh_inventory()
+            except Exception as exc:  # the refresh must outlive any one bad read
+                log.error("inventory refresh: %s: %s", type(exc).__name__, redact(str(exc)))
 
     def _token(self) -> str | None:
         return _secret(self.config.daemon.http.token) or None
@@ -238,6 +295,24 @@ def _exit_now(signum: int) -> None:
     os._exit(128 + signum)
 
 
+def _cluster_mode(daemon: Daemon, config: Config) -> ClusterMode | None:
+    """Cluster mode's handle when ``daemon.cluster`` names a control store, wired into the runs and the snapshot."""
+    spec = config.daemon.cluster
+    if spec is None:
+        return None
+    from orchestrator.cluster.mode import ClusterMode
+    from orchestrator.config import PostgresqlConfig
+
+    store = config.database(spec.store)
+    assert isinstance(store, PostgresqlConfig)  # config checks daemon.cluster.store names one
+    mode = ClusterMode(store, lambda: daemon.config, workers=config.daemon.workers, lease=spec.lease,
+                       should_stop=daemon._stopping.is_set, on_result=daemon.runs.record_result,
+                       slots=daemon.runs.slots)
+    daemon.runs.cluster = mode
+    daemon.snapshot.cluster = mode
+    return mode
+
+
 def run_once(config: Config, shard: tuple[int, int] | None = None) -> int:
     """One catch-up of every set (report-only sets report), for CI/CD and Kubernetes Jobs; returns its exit code."""
     stop = threading.Event()
@@ -250,8 +325,12 @@ def run_once(config: Config, shard: tuple[int, int] | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
-    report = fleet.catch_up(config, workers=config.daemon.workers, shard=shard, should_stop=stop.is_set,
-                            on_result=lambda binding: render.binding_line(binding, "catch-up"))
+    notifier = Notifier(config.notify)
+    try:
+        report = waves.catch_up(config, workers=config.daemon.workers, shard=shard, should_stop=stop.is_set,
+                                on_result=lambda binding: render.binding_line(binding, "catch-up"), notifier=notifier)
+    finally:
+        notifier.close(wait=defaults.NOTIFY_FLUSH)
     render.report(report, sys.stdout)
     return report.exit_code
 
@@ -259,8 +338,11 @@ def run_once(config: Config, shard: tuple[int, int] | None = None) -> int:
 def command(args: Any) -> int:
     """``orchestrator daemon CONFIG [--once] [--shard I/N]``."""
     config = config_module.load(args.config)
-    shard = parse_shard(args.shard)
+    shard = parse_shard(resolve_shard(args.shard) if args.shard is not None else None)
+    if shard is not None and config.daemon.cluster is not None:
+        raise ConfigError(f"daemon: --shard {args.shard} and daemon.cluster in {config.path.name} do not go together: "
+                          "in cluster mode the replicas share the targets through the control store")
     if args.once:
-        return run_once(config, shard)
+        return run_once(Discovery(config).resolve(), shard)
     check_http_config(config.daemon.http, str(config.path))
     return Daemon(config, shard).serve()

@@ -12,7 +12,8 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +23,7 @@ from orchestrator.state import FleetReport
 
 if TYPE_CHECKING:
     from orchestrator.backoff import Backoff
+    from orchestrator.cluster.mode import ClusterMode
     from orchestrator.config import Config
     from orchestrator.state import BindingStatus
 
@@ -68,6 +70,8 @@ class Snapshot:
         self._refreshed_at: datetime | None = None
         self._reload: dict[str, Any] | None = None
         self._events = {"missed": 0, "skipped_still_running": 0, "errors": 0}
+        self._inventory: dict[str, Any] | None = None  # the sources' last answers, when config.json has an inventory
+        self.cluster: ClusterMode | None = None  # cluster mode: rows come from the fleet view of every replica
 
     # -- writes ------------------------------------------------------------------
 
@@ -95,6 +99,26 @@ class Snapshot:
                 del self._bindings[key]
                 self._changes += 1
 
+    def mark_removed(self, removed: Mapping[str, tuple[str, str]]) -> None:
+        """Bindings of targets gone from their source (dbid -> (source, since ISO)) become ``removed``, worked on no more."""
+        with self._lock:
+            for key, binding in list(self._bindings.items()):
+                gone = removed.get(binding.dbid)
+                if gone is not None and binding.state != "removed":
+                    self._bindings[key] = replace(binding, state="removed", removed_at=gone[1], pending=[], holder=None,
+                                                  error=f"no longer listed by inventory {gone[0]} (since {gone[1]})")
+                    self._changes += 1
+
+    def removed_keys(self, dbids: Iterable[str]) -> set[Key]:
+        """The bindings of targets gone from their source: kept (shown ``removed``) while the inventory remembers them."""
+        wanted = set(dbids)
+        with self._lock:
+            return {key for key, b in self._bindings.items() if b.dbid in wanted}
+
+    def record_inventory(self, sources: list[dict[str, Any]], problems: list[str]) -> None:
+        with self._lock:
+            self._inventory = {"sources": sources, "problems": problems}
+
     def record_run(self, name: str, last: dict[str, Any], counted: bool) -> None:
         """A set's last run for /status; ``counted`` is False for a run that waited (files still changing)."""
         with self._lock:
@@ -115,6 +139,10 @@ class Snapshot:
         return self._daemon.ready()
 
     def rows(self) -> list[tuple[BindingStatus, dict[str, Any]]]:
+        if self.cluster is not None:
+            with self._lock:
+                local, at = dict(self._bindings), self._refreshed_at
+            return self.cluster.bindings(local, at)
         retries = {(r.set_id, r.dbid): r for r in self._backoff.entries()}
         with self._lock:
             items = sorted(self._bindings.items())
@@ -129,17 +157,22 @@ class Snapshot:
         rows = self.rows()
         data: dict[str, Any] = FleetReport([binding for binding, _ in rows]).to_json()
         for item, (_, notes) in zip(data["bindings"], rows, strict=True):
-            if notes:  # a failing binding: when it is tried next
+            if "next_retry" in notes:  # a failing binding: when it is tried next
                 item["next_retry"] = iso(datetime.fromtimestamp(notes["next_retry"], UTC))
                 item["failures"] = notes["failures"]
+            if "owner" in notes:  # cluster mode: who last worked on it, when, and whether that is too long ago
+                item.update(owner=notes["owner"], updated=notes["updated"], stale=notes["stale"])
         data["daemon"] = self.info()
+        if self.cluster is not None:
+            data["cluster"] = self.cluster.status()
         return data
 
     def version(self) -> Hashable:
         """Equal between two calls only when status() and rows() are: the binding write count and the
         daemon section (retries, runs, schedules). Cheap next to status(), so the status server builds
         its /status body once per version instead of once per request."""
-        return self._changes, json.dumps(self.info(), sort_keys=True, default=str)
+        view = self.cluster.status() if self.cluster is not None else None
+        return self._changes, json.dumps([self.info(), view], sort_keys=True, default=str)
 
     def info(self) -> dict[str, Any]:
         """The daemon section of /status: identity, schedules, next runs, retries, last reload."""
@@ -148,6 +181,7 @@ class Snapshot:
         with self._lock:
             runs, last = dict(self._runs), dict(self._last)
             refreshed_at, reload, events = self._refreshed_at, self._reload, dict(self._events)
+            inventory = self._inventory
         sets = {}
         for name, spec in config.sets.items():
             schedule = (f"every {describe_seconds(spec.every)}" if spec.every
@@ -179,4 +213,4 @@ class Snapshot:
                          "next_retry": iso(r.next_at), "error": r.error} for r in self._backoff.entries()],
             "reload": reload,
             "events": events,
-        }
+        } | ({"inventory": inventory} if inventory is not None else {})
