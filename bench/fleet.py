@@ -553,9 +553,12 @@ def measure_far(args: argparse.Namespace, fleet: Fleet, work: Path, env: dict[st
 
 def default_workers(config: Path, env: dict[str, str]) -> int:
     """How many targets orchestrator works on at once for this config when it sets no ``daemon.workers``."""
-    code = ("import sys; from orchestrator import config, fleet; "
-            "c = config.load(sys.argv[1]); print(fleet.default_workers(c) if hasattr(fleet, 'default_workers') "
-            "else c.daemon.workers)")
+    # The far fleet is all servers: the server pool's size (orchestrator.concurrency), or daemon.workers before it.
+    code = ("import sys; from orchestrator import config\n"
+            "c = config.load(sys.argv[1])\n"
+            "try:\n from orchestrator.concurrency import budgets\n"
+            " print(max(n for n, _ in budgets(((d, d.split('.')[0]) for d in c.databases), None)))\n"
+            "except ImportError:\n print(c.daemon.workers)")
     proc = subprocess.run([sys.executable, "-c", code, str(config)], env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"cannot read orchestrator's default workers: {proc.stderr.strip()[-300:]}")
