@@ -69,3 +69,5 @@ LOCK_TIMEOUT = 2.0
 """Seconds one attempt of a migration may wait for a lock (migrations.lock_timeout)."""
 LOCK_RETRIES = 10
 """Attempts after the first that a lock timeout may retry (migrations.lock_retries)."""
+NOTIFY_FLUSH = 5.0
+"""Seconds a CLI run waits at exit for webhook deliveries still queued, then gives up in one line."""

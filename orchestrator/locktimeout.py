@@ -32,6 +32,7 @@ __all__ = [
     "Counters",
     "LockPolicy",
     "LockRetriesExhausted",
+    "LockTimedOut",
     "backoff",
     "mysql_blocker",
     "mysql_is_lock_timeout",
@@ -90,6 +91,18 @@ class LockRetriesExhausted(Exception):
         super().__init__(f"lock timeout after {attempts} attempt{'s' if attempts != 1 else ''} ({blocker})")
 
 
+class LockTimedOut(Exception):
+    """One attempt of a migration timed out waiting for a lock: the target retries it (see :func:`retrying`).
+
+    ``statement`` is the statement that waited (None for a Python ``up``), ``error`` the driver's error.
+    """
+
+    def __init__(self, statement: Any, error: BaseException):
+        self.statement = statement
+        self.error = error
+        super().__init__(str(error))
+
+
 class Counters:
     """Retries and lock waits, per engine, for ``/metrics``. Thread-safe; counts only go up."""
 
@@ -133,7 +146,8 @@ def backoff(attempt: int, rng: random.Random | None = None) -> float:
 
 def retrying(attempt: Callable[[int], _T], policy: LockPolicy, *, engine: str, label: str,
              is_lock_timeout: Callable[[BaseException], bool], blocker: Callable[[BaseException], str],
-             sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> _T:
+             sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
+             on_retry: Callable[[BaseException], None] | None = None) -> _T:
     """Run ``attempt(n)`` until it succeeds, retrying a lock timeout with backoff at most ``policy.retries`` times.
 
     ``attempt`` must leave nothing behind when it raises (rolled back); ``blocker(exc)``
@@ -160,6 +174,8 @@ def retrying(attempt: Callable[[int], _T], policy: LockPolicy, *, engine: str, l
             COUNTERS.add(engine, retry=True)
             log.warning("%s: lock timeout (%s) on attempt %d of %d (%s); retrying in %.1fs",
                         label, _seconds(policy.timeout), n, policy.attempts, holder, delay)
+            if on_retry is not None:
+                on_retry(exc)
             sleep(delay)
             n += 1
 
@@ -223,17 +239,17 @@ LIMIT 1
 """
 
 
-def pg_blocker(connection: Any, relations: list[str]) -> str:
-    """``waiting for <lock> held by pid P: <query>`` for a session holding a lock on one of *relations*.
+def pg_blocker(fetch: Callable[[str, Any], Any], relations: list[str]) -> str:
+    """``waiting for <lock> on <table> held by pid P (<state>): <query>`` for a session holding a lock on *relations*.
 
     Asked after the attempt was rolled back (the waiting statement is gone, so
     ``pg_blocking_pids`` cannot be used): the holder of a granted lock on the tables the
-    statement names is the one it waited for. Runs in autocommit on the migration's connection.
+    statement names is the one it waited for. ``fetch(sql, params)`` returns the rows.
     """
     if relations:
-        row = connection.execute(_PG_BLOCKER, (relations,)).fetchone()
-        if row:
-            mode, relname, pid, state, query = row
+        rows = fetch(_PG_BLOCKER, (relations,))
+        if rows:
+            mode, relname, pid, state, query = rows[0]
             return f"waiting for {mode} on {relname} held by pid {pid}{f' ({state})' if state else ''}: {query or '?'}"
     return "waiting for a lock whose holder let go before it could be named"
 
@@ -273,13 +289,11 @@ LIMIT 1
 """
 
 
-def mysql_blocker(connection: Any) -> str:
+def mysql_blocker(fetch: Callable[[str, Any], Any]) -> str:
     """The oldest other open transaction: metadata locks are held until the transaction that took them ends."""
-    with connection.cursor() as cur:
-        cur.execute(_MYSQL_BLOCKER)
-        row = cur.fetchone()
-    if row:
-        thread, command, seconds, query, _started = row
+    rows = fetch(_MYSQL_BLOCKER, None)
+    if rows:
+        thread, command, seconds, query, _started = rows[0]
         what = " ".join(str(query or "").split()) or f"idle in transaction ({command}, {seconds}s)"
         return f"waiting for a lock held by connection {thread}: {what}"
     return "waiting for a lock whose holder let go before it could be named"

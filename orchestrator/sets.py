@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import defaults
+from orchestrator import defaults, directives
 from orchestrator.errors import MigrationError, SetError
 from orchestrator.pymigration import does_nothing, load_up
 from orchestrator.redissplit import split_redis_args
@@ -42,7 +42,6 @@ _KIND_ENGINES = {"sql": ("postgresql", "mysql", "sqlite"), "py": ("postgresql", 
 _DIRECTIVE = re.compile(r"^\s*(?:--|#)\s*orchestrator\s*:\s*(.*?)\s*$", re.I)
 # "-- orchestrator no-transaction": a directive with its colon missing, not prose.
 _DIRECTIVE_NO_COLON = re.compile(r"^\s*(?:--|#)\s*orchestrator\s+([a-z]+(?:[-_][a-z]+)+)\s*$", re.I)
-_DIRECTIVES = ("no-transaction",)
 C_MIGRATION_HINT = ("a C Web Framework migration cannot run here; convert it with 'orchestrator import-c SRC_DIR DEST_DIR' "
                     "(its dbquery SQL becomes a .sql file of the same version) or rewrite it as .sql or .py")
 _CHUNK = 1 << 20
@@ -140,6 +139,15 @@ class Script:
     def no_transaction(self) -> bool:
         return self.inspect()[1]
 
+    @property
+    def directives(self) -> directives.Directives:
+        """The leading block's directives (no-transaction, lock-timeout, lock-retries, allow); checked by inspect()."""
+        hit: directives.Directives | None = self._memo.get("directives")
+        if hit is None:
+            self.inspect()
+            hit = self._memo["directives"] = directives.leading(self.text()[:65536], self.kind)[0]
+        return hit
+
     def _directives(self, head: str) -> bool:
         no_transaction = False
         comment = "#" if self.kind in ("py", "redis") else "--"
@@ -157,9 +165,10 @@ class Script:
                 raise SetError(f"{self.label}:{number}: directive {m.group(1)!r} after the first statement has no effect; "
                                "move it to the comment block at the top of the file")
             if m and leading:
-                if m.group(1).lower() not in _DIRECTIVES:
-                    raise SetError(f"{self.label}:{number}: unknown directive {m.group(1)!r} (known: {', '.join(_DIRECTIVES)})")
-                no_transaction = True
+                try:
+                    no_transaction = directives.parse(m.group(1)).no_transaction or no_transaction
+                except directives.DirectiveError as exc:
+                    raise SetError(f"{self.label}:{number}: {exc}") from None
             elif leading and (bad := _DIRECTIVE_NO_COLON.match(stripped)):
                 raise SetError(f"{self.label}:{number}: directive {bad.group(1)!r} lacks its colon; "
                                f"write '{comment} orchestrator: {bad.group(1)}'")

@@ -150,7 +150,7 @@ def test_postgresql_gives_up_naming_the_blocker_and_changes_nothing(pg_db):
         with pytest.raises(LockRetriesExhausted) as info:
             retrying(_pg_attempt(migration, LockPolicy(0.2, 2), sql), LockPolicy(0.2, 2), engine="postgresql",
                      label="s/1.sql", is_lock_timeout=pg_is_lock_timeout,
-                     blocker=lambda e: pg_blocker(migration, pg_relations(sql)), sleep=lambda d: None)
+                     blocker=lambda e: pg_blocker(lambda q, p: migration.execute(q, p).fetchall(), pg_relations(sql)), sleep=lambda d: None)
         assert str(info.value) == (f"lock timeout after 3 attempts (waiting for AccessShareLock on t held by pid {pid} "
                                    "(idle in transaction): SELECT * FROM t WHERE id = 42)")
         assert COUNTERS.snapshot()["lock_retries"]["postgresql"] == before.get("postgresql", 0) + 2
@@ -199,7 +199,7 @@ def test_mysql_metadata_lock_times_out_per_statement_and_retries(mysql_db):
                 blocker.commit()
 
         retrying(attempt, policy, engine="mysql", label="s/1.sql", is_lock_timeout=mysql_is_lock_timeout,
-                 blocker=lambda e: described.append(mysql_blocker(migration)) or described[-1], sleep=sleep)
+                 blocker=lambda e: described.append(mysql_blocker(lambda q, p: _rows(migration, q, p))) or described[-1], sleep=sleep)
         reader.stop.set()
         reader.join()
         assert len(slept) == 2
@@ -242,3 +242,9 @@ def test_sqlite_busy_writer_is_retried_until_it_lets_go(tmp_path):
              blocker=lambda e: "waiting for the write lock held by another connection", sleep=sleep)
     assert len(slept) == 1
     assert [r[1] for r in migration.execute("PRAGMA table_info(t)")] == ["id", "x"]
+
+
+def _rows(conn, sql, params):
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()

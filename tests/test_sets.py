@@ -201,7 +201,7 @@ def test_directives(tmp_path: Path, content: str, no_transaction: bool) -> None:
 
 @pytest.mark.parametrize("name, content, message", [
     ("001.sql", "-- Adds an index.\n-- orchestrator: no-transacton\nCREATE INDEX i ON t (a);\n",
-     "s/001.sql:2: unknown directive 'no-transacton' (known: no-transaction)"),
+     "s/001.sql:2: unknown directive 'no-transacton' (known: no-transaction, lock-timeout=DURATION|off, lock-retries=N, allow RULE[,RULE])"),
     ("001.sql", "-- orchestrator: no_transaction, please\nSELECT 1;\n", "s/001.sql:1: unknown directive"),
     ("001.sql", "-- orchestrator no-transaction\nSELECT 1;\n", "s/001.sql:1: directive 'no-transaction' lacks its colon"),
     ("001.sql", "CREATE TABLE t (a INT);\n-- orchestrator: no-transaction\n", "s/001.sql:2: directive 'no-transaction' after the first statement"),

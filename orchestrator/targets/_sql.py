@@ -12,14 +12,17 @@ reads off the driver's error.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from orchestrator import defaults
 from orchestrator.errors import MigrationError, OrchestratorError, TargetUnreachable
+from orchestrator.locktimeout import LockPolicy, LockRetriesExhausted, LockTimedOut, retrying
 from orchestrator.redact import redact
 from orchestrator.targets import Applied
 from orchestrator.targets._dirty import apply_under_dirty_flag
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["LEDGER_LEVEL", "DbApiHandle", "SqlTarget", "c_tool_version", "is_transaction_control"]
 
 log = logging.getLogger("migrations")
+_T = TypeVar("_T")
 
 _ERROR_MAX = 2000  # characters of a failure message kept in the ledger's error column
 _TXN_CONTROL = re.compile(r"^\s*(BEGIN(\s+(TRANSACTION|WORK|DEFERRED|IMMEDIATE|EXCLUSIVE)(\s+TRANSACTION)?)?|START\s+TRANSACTION|COMMIT(\s+(TRANSACTION|WORK))?|END(\s+TRANSACTION)?)\s*$", re.I)
@@ -114,6 +118,19 @@ class SqlTarget(SqlLedger):
         """The message of a failed statement and where in it the server says the error is."""
         return ErrorAt(self._describe(exc), statement)
 
+    # -- hooks: lock timeouts with bounded retries (orchestrator.locktimeout) ----------------------
+
+    def _is_lock_timeout(self, exc: BaseException) -> bool:
+        """The driver error says a lock wait timed out (or a deadlock): the attempt may be run again."""
+        return False
+
+    def _set_lock_timeouts(self, policy: LockPolicy, in_transaction: bool) -> None:
+        """Give this attempt (in a transaction) or this migration's session (outside one) the policy's timeouts."""
+
+    def _lock_wait_holder(self, exc: BaseException, statement: Statement | None) -> str:
+        """What held the lock the statement waited for, best effort (asked after the attempt was undone)."""
+        return "waiting for a lock"
+
     def _end_of_body(self, script: Script) -> None:
         """After a migration ran outside a transaction, before it is marked applied; may raise MigrationError."""
 
@@ -155,19 +172,65 @@ class SqlTarget(SqlLedger):
         another runner may have applied the version since. Then this unit fails on
         the ledger's primary key, or its body meets the changes already made, and all
         of it is rolled back: not an error. The check costs a query only on failure.
+        A lock timeout rolls the whole unit back and runs it again (bounded retries).
         """
-        started = time.monotonic()
-        with self._recording_errors(script, "recording it failed, the migration was rolled back"):
-            self._begin()
+        policy = self._lock_policy(script)
+
+        def attempt(number: int) -> Applied | None:
+            started = time.monotonic()
+            with self._recording_errors(script, "recording it failed, the migration was rolled back"):
+                self._begin()
+                try:
+                    self._in_transaction_lock(script.set_id)
+                    if policy.timeout or policy.statement_timeout:
+                        self._set_lock_timeouts(policy, in_transaction=True)
+                    count = self._run_body(script, up, in_transaction=True)
+                    duration = self._record_and_commit(script, checksum, started)
+                except BaseException as exc:
+                    if self._rolled_back_lost_race(script, exc):
+                        return None
+                    raise
+            return Applied(script.version, count, duration)
+
+        return self._with_lock_retries(script, policy, attempt)
+
+    def _lock_policy(self, script: Script) -> LockPolicy:
+        """The database entry's lock settings as the file's directives change them."""
+        timeout = getattr(self.db, "lock_timeout", None)
+        retries = getattr(self.db, "lock_retries", None)
+        base = LockPolicy(defaults.LOCK_TIMEOUT if timeout is None else timeout,
+                          defaults.LOCK_RETRIES if retries is None else retries,
+                          getattr(self.db, "statement_timeout", None) or 0.0)
+        return base.with_directives(script.directives)
+
+    def _with_lock_retries(self, script: Script, policy: LockPolicy, attempt: Callable[[int], _T]) -> _T:
+        """``attempt(n)`` retried on a lock timeout; after the last one a MigrationError naming the lock's holder."""
+        def holder(exc: BaseException) -> str:
+            assert isinstance(exc, LockTimedOut)
+            return self._lock_wait_holder(exc.error, exc.statement)
+
+        try:
+            return retrying(attempt, policy, engine=self.driver, label=f"{self.dbid}: {script.label}",
+                            is_lock_timeout=lambda exc: isinstance(exc, LockTimedOut), blocker=holder,
+                            on_retry=lambda exc: self._on_lock_retry(script, exc))
+        except LockRetriesExhausted as exc:
+            statement = exc.__cause__.statement if isinstance(exc.__cause__, LockTimedOut) else None
+            raise MigrationError(script.label, str(exc), statement.number if statement else None,
+                                 statement.line if statement else None) from None
+        except LockTimedOut as exc:  # lock timeouts off, and a NOWAIT (or a deadlock) failed it
+            if exc.statement is None:
+                raise MigrationError(script.label, f"up() raised {self._describe(exc.error)}") from None
+            raise self._statement_failure(script, exc.statement, exc.error) from None
+
+    def _on_lock_retry(self, script: Script, exc: BaseException) -> None:
+        # Under the dirty flag the running row says which statement the migration reached.
+        if self.dirty_flag and isinstance(exc, LockTimedOut) and exc.statement is not None:
             try:
-                self._in_transaction_lock(script.set_id)
-                count = self._run_body(script, up, in_transaction=True)
-                duration = self._record_and_commit(script, checksum, started)
-            except BaseException as exc:
-                if self._rolled_back_lost_race(script, exc):
-                    return None
-                raise
-        return Applied(script.version, count, duration)
+                self._execute(self._sql(f"UPDATE {self._qualified_table()} SET statement = ? "
+                                        "WHERE set_id = ? AND version = ? AND status = 'running'"),
+                              (exc.statement.number, script.set_id, script.version))
+            except self._errors as update_exc:
+                log.debug("%s: noting the statement reached failed: %s", self.dbid, update_exc)
 
     def _rolled_back_lost_race(self, script: Script, exc: BaseException) -> bool:
         """Roll the failed unit back; True when another runner recorded the version meanwhile (then it is no error)."""
@@ -254,6 +317,11 @@ class SqlTarget(SqlLedger):
     def _run_body(self, script: Script, up: Any, in_transaction: bool) -> int:
         # A migration may legitimately run for hours: only a dead link (keepalives, tcp_user_timeout) ends it.
         with self._bounded(None):
+            policy = None
+            if not in_transaction:  # each statement commits by itself: a lock timeout retries that statement
+                policy = self._lock_policy(script)
+                if policy.timeout or policy.statement_timeout:
+                    self._set_lock_timeouts(policy, in_transaction=False)
             if up is not None:
                 return self._run_python(script, up, in_transaction)
             count = 0
@@ -262,13 +330,24 @@ class SqlTarget(SqlLedger):
                     log.debug("%s: statement %d (line %d): %s skipped, the migration already runs in a transaction",
                               script.label, statement.number, statement.line, statement.text.strip())
                     continue
-                try:
-                    self._run_statement(script, statement)
-                except self._errors as exc:
-                    raise self._statement_failure(script, statement, exc) from None
+                if policy is None:
+                    self._run_one(script, statement)
+                else:
+                    self._with_lock_retries(script, policy, functools.partial(self._run_attempt, script, statement))
                 self._after_statement(script, statement, in_transaction)
                 count += 1
             return count
+
+    def _run_attempt(self, script: Script, statement: Statement, number: int) -> None:
+        self._run_one(script, statement)
+
+    def _run_one(self, script: Script, statement: Statement) -> None:
+        try:
+            self._run_statement(script, statement)
+        except self._errors as exc:
+            if self._is_lock_timeout(exc):
+                raise LockTimedOut(statement, exc) from None
+            raise self._statement_failure(script, statement, exc) from None
 
     def _run_python(self, script: Script, up: Any, in_transaction: bool) -> int:
         handle = DbApiHandle(self)
@@ -278,6 +357,8 @@ class SqlTarget(SqlLedger):
             raise
         except Exception as exc:
             self._raise_if_lost(exc)  # up() met a dead connection: unreachable, not a failed migration
+            if in_transaction and self._is_lock_timeout(exc):
+                raise LockTimedOut(None, exc) from None  # the whole transaction is run again
             message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
             raise MigrationError(script.label, f"up() raised {message}", line=raise_line(exc, script.path)) from None
         self._after_statement(script, None, in_transaction)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import defaults
 from orchestrator.errors import ConfigError, LockHeld, MigrationError, TargetUnreachable
+from orchestrator.locktimeout import LockPolicy, mysql_blocker, mysql_is_lock_timeout, mysql_settings
 from orchestrator.redact import redact
 from orchestrator.targets._mysql_session import Session, capture_session
 from orchestrator.targets._sql import SqlTarget
@@ -402,6 +403,28 @@ class MysqlTarget(SqlTarget):
             self._restore_session()  # also before the ledger write: SET NAMES latin1 would garble the message
         except self._errors as other:  # the next migration's start tries again
             log.warning("%s: could not set back the session variables after %s failed: %s", self.dbid, script.label, other)
+
+    # -- lock timeouts (orchestrator.locktimeout) and online ALTER ----------------------------
+
+    def _is_lock_timeout(self, exc: BaseException) -> bool:
+        return mysql_is_lock_timeout(exc)
+
+    def _set_lock_timeouts(self, policy: LockPolicy, in_transaction: bool) -> None:
+        # Session variables: set back with the others the migration changed when it ends.
+        mariadb = "mariadb" in self.connection.get_server_info().lower()
+        for sql in mysql_settings(policy, mariadb):
+            self._execute(sql)
+
+    def _lock_wait_holder(self, exc: BaseException, statement: Statement | None) -> str:
+        return mysql_blocker(self._execute)
+
+    def _run_statement(self, script: Script, statement: Statement) -> None:
+        if getattr(self.db, "online_alter", False):
+            from orchestrator.lint.mysql import online_alter
+
+            self._execute(online_alter(statement.text))  # refused by the server rather than copying the table
+        else:
+            self._execute(statement.text)
 
     # -- where a statement failed ----------------------------------------------------
 

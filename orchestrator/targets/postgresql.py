@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import defaults
 from orchestrator.errors import LockHeld, MigrationError, OrchestratorError, TargetUnreachable
+from orchestrator.locktimeout import LockPolicy, pg_blocker, pg_is_lock_timeout, pg_relations, pg_settings
 from orchestrator.redact import redact
 from orchestrator.targets import runner_identity
 from orchestrator.targets._deadline import Deadline
@@ -416,6 +417,20 @@ class PostgresqlTarget(SqlTarget):
                 "'-- orchestrator: no-transaction'",
                 statement.number if statement is not None else None, statement.line if statement is not None else None,
             )
+
+    # -- lock timeouts (orchestrator.locktimeout) ------------------------------------------
+
+    def _is_lock_timeout(self, exc: BaseException) -> bool:
+        return pg_is_lock_timeout(exc)
+
+    def _set_lock_timeouts(self, policy: LockPolicy, in_transaction: bool) -> None:
+        if not in_transaction and self._transaction_pooling:
+            return  # a session SET would stay on the pooled server connection for other clients
+        self._execute("; ".join(pg_settings(policy, local=in_transaction)))
+
+    def _lock_wait_holder(self, exc: BaseException, statement: Statement | None) -> str:
+        relations = pg_relations(statement.text) if statement is not None else []
+        return pg_blocker(self._execute, relations)
 
     def _error_at(self, exc: BaseException, statement: Statement) -> ErrorAt:
         """The server's message and where it points: a COPY row, the error position, or a DO block's line."""
