@@ -1,0 +1,179 @@
+"""Safe DDL end to end: a migration meeting a lock held by another session, through the CLI, on real servers.
+
+A blocker holds a lock on the table in an open transaction; the migration alters it;
+a third session SELECTs every 50 ms. No SELECT may wait longer than the lock timeout
+plus 0.5 s while the migration retries; once the blocker commits the migration
+applies; when it never lets go the migration fails naming it, with nothing recorded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from orchestrator.locktimeout import COUNTERS
+from tests.conftest import mysql_connect, pg_connect
+from tests.test_locktimeout import Reader
+
+
+def _retries(engine: str) -> int:
+    return int(COUNTERS.snapshot()["lock_retries"].get(engine, 0))
+
+
+def _commit_after_first_retry(engine: str, commit) -> threading.Thread:
+    before = _retries(engine)
+
+    def wait_then_commit():
+        deadline = time.monotonic() + 60
+        while _retries(engine) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        commit()
+
+    thread = threading.Thread(target=wait_then_commit, daemon=True)
+    thread.start()
+    return thread
+
+
+def _pg_columns(conn):
+    return [r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 't' "
+                                       "ORDER BY ordinal_position")]
+
+
+def test_postgresql_migration_retries_behind_a_blocker_then_applies(project, orchestrator, pg_db):
+    dbid = project.add_target("postgresql", "p1", pg_db)
+    project.add_set("s1", [dbid])
+    project.write("s1", "001_alter.sql", "-- orchestrator: lock-timeout=300ms lock-retries=5\nALTER TABLE t ADD COLUMN x int;\n")
+    setup, blocker, reader_conn = (pg_connect(pg_db["dbname"]) for _ in range(3))
+    try:
+        setup.execute("CREATE TABLE t (id int)")
+        blocker.autocommit = False
+        blocker.execute("SELECT * FROM t")
+        reader = Reader(lambda: reader_conn.execute("SELECT count(*) FROM t").fetchone())
+        reader.start()
+        committer = _commit_after_first_retry("postgresql", blocker.commit)
+        code, out, err = orchestrator("up", "all", project.config, dbid, "s1")
+        reader.stop.set()
+        reader.join()
+        committer.join()
+        assert code == 0, err
+        assert "lock timeout (300ms) on attempt 1 of 6" in err and "held by pid" in err
+        assert reader.count > 5 and reader.longest < 0.3 + 0.5
+        assert _pg_columns(setup) == ["id", "x"]
+        assert setup.execute("SELECT version FROM public.migration").fetchall() == [("001_alter",)]
+    finally:
+        for conn in (setup, blocker, reader_conn):
+            conn.close()
+
+
+def test_postgresql_blocker_that_never_lets_go_fails_the_migration_and_changes_nothing(project, orchestrator, pg_db):
+    dbid = project.add_target("postgresql", "p1", pg_db)
+    project.add_set("s1", [dbid])
+    project.write("s1", "001_alter.sql", "-- orchestrator: lock-timeout=200ms lock-retries=1\nCREATE TABLE u (a int);\n"
+                                         "ALTER TABLE t ADD COLUMN x int;\n")
+    setup, blocker = pg_connect(pg_db["dbname"]), pg_connect(pg_db["dbname"])
+    try:
+        setup.execute("CREATE TABLE t (id int)")
+        blocker.autocommit = False
+        blocker.execute("SELECT id FROM t WHERE id = 7")
+        pid = blocker.info.backend_pid
+        code, out, err = orchestrator("up", "all", project.config, dbid, "s1")
+        assert code == 1
+        assert (f"statement 2 (line 3): lock timeout after 2 attempts (waiting for AccessShareLock on t held by pid {pid} "
+                "(idle in transaction): SELECT id FROM t WHERE id = 7)") in err
+        assert _pg_columns(setup) == ["id"]
+        assert setup.execute("SELECT to_regclass('u')").fetchone()[0] is None  # the whole transaction rolled back
+        if setup.execute("SELECT to_regclass('public.migration')").fetchone()[0]:
+            assert setup.execute("SELECT count(*) FROM public.migration").fetchone()[0] == 0
+    finally:
+        blocker.close()
+        setup.close()
+
+
+def test_postgresql_no_transaction_file_retries_the_statement_that_timed_out(project, orchestrator, pg_db):
+    dbid = project.add_target("postgresql", "p1", pg_db)
+    project.add_set("s1", [dbid])
+    project.write("s1", "001_idx.sql", "-- orchestrator: no-transaction\n-- orchestrator: lock-timeout=300ms lock-retries=5\n"
+                                       "CREATE TABLE IF NOT EXISTS v (a int);\nALTER TABLE t ADD COLUMN x int;\n")
+    setup, blocker = pg_connect(pg_db["dbname"]), pg_connect(pg_db["dbname"])
+    try:
+        setup.execute("CREATE TABLE t (id int)")
+        blocker.autocommit = False
+        blocker.execute("SELECT * FROM t")
+        committer = _commit_after_first_retry("postgresql", blocker.commit)
+        code, out, err = orchestrator("up", "all", project.config, dbid, "s1")
+        committer.join()
+        assert code == 0, err
+        assert err.count("lock timeout (300ms) on attempt") >= 1
+        assert _pg_columns(setup) == ["id", "x"]
+    finally:
+        blocker.close()
+        setup.close()
+
+
+def _my_columns(conn):
+    with conn.cursor() as cur:
+        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() "
+                    "AND table_name = 't' ORDER BY ordinal_position")
+        return [r[0] for r in cur.fetchall()]
+
+
+def test_mysql_metadata_lock_retries_then_applies(project, orchestrator, mysql_db):
+    dbid = project.add_target("mysql", "m1", mysql_db)
+    project.add_set("s1", [dbid])
+    project.write("s1", "001_alter.sql", "-- orchestrator: lock-timeout=1s lock-retries=5\nALTER TABLE t ADD COLUMN x int;\n")
+    setup, blocker, reader_conn = (mysql_connect(mysql_db["dbname"]) for _ in range(3))
+    try:
+        with setup.cursor() as cur:
+            cur.execute("CREATE TABLE t (id int) ENGINE=InnoDB")
+        with blocker.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("SELECT * FROM t")
+
+        def read():
+            with reader_conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM t")
+                cur.fetchall()
+
+        reader = Reader(read)
+        reader.start()
+        committer = _commit_after_first_retry("mysql", blocker.commit)
+        code, out, err = orchestrator("up", "all", project.config, dbid, "s1")
+        reader.stop.set()
+        reader.join()
+        committer.join()
+        assert code == 0, err
+        assert "lock timeout (1s) on attempt 1 of 6" in err and "held by connection" in err
+        assert reader.longest < 1 + 0.5
+        assert _my_columns(setup) == ["id", "x"]
+        with setup.cursor() as cur:
+            cur.execute("SELECT version, status FROM migration")
+            assert cur.fetchall() == (("001_alter", "applied"),)
+    finally:
+        for conn in (setup, blocker, reader_conn):
+            conn.close()
+
+
+def test_mysql_blocker_that_never_lets_go_records_the_failure_at_its_statement(project, orchestrator, mysql_db):
+    dbid = project.add_target("mysql", "m1", mysql_db)
+    project.add_set("s1", [dbid])
+    project.write("s1", "001_alter.sql", "-- orchestrator: lock-timeout=1s lock-retries=1\nCREATE TABLE u (a int);\n"
+                                         "ALTER TABLE t ADD COLUMN x int;\n")
+    setup, blocker = mysql_connect(mysql_db["dbname"]), mysql_connect(mysql_db["dbname"])
+    try:
+        with setup.cursor() as cur:
+            cur.execute("CREATE TABLE t (id int) ENGINE=InnoDB")
+        with blocker.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute("SELECT * FROM t")
+            cur.execute("SELECT CONNECTION_ID()")
+            thread = cur.fetchone()[0]
+        code, out, err = orchestrator("up", "all", project.config, dbid, "s1")
+        assert code == 1
+        assert f"statement 2 (line 3): lock timeout after 2 attempts (waiting for a lock held by connection {thread}" in err
+        assert _my_columns(setup) == ["id"]
+        with setup.cursor() as cur:
+            cur.execute("SELECT version, status, statement FROM migration")
+            assert cur.fetchall() == (("001_alter", "failed", 2),)
+    finally:
+        blocker.close()
+        setup.close()
