@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import __version__
+from orchestrator.cliargs import fleet_filters, positional
 from orchestrator.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -60,35 +61,6 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"usage: {message} (see 'orchestrator {self.prog.split()[-1]} --help')" if " " in self.prog else f"usage: {message}")
 
 
-_HELP = {
-    "config": "path of config.json",
-    "dbid": "target id as <driver>.<host_id>, e.g. postgresql.main",
-    "set": "migration set: its name in the config, or its folder",
-    "version": "migration version: the file name without its extension",
-}
-
-
-def _positional(p: argparse.ArgumentParser, *names: str) -> None:
-    """CONFIG, DBID, SET and VERSION arguments with their help and shell completion from the config."""
-    from orchestrator import completion
-
-    completers = {"config": completion.config_files, "dbid": completion.dbids, "set": completion.set_names,
-                  "version": completion.versions}
-    for name in names:
-        action = p.add_argument(name, metavar=name.upper(), help=_HELP[name])
-        action.completer = completers[name]  # type: ignore[attr-defined]  # read by argcomplete
-
-
-def _fleet_filters(p: argparse.ArgumentParser) -> None:
-    from orchestrator import completion
-
-    _positional(p, "config")
-    action = p.add_argument("--set", dest="set_name", default=None, metavar="SET", help="only this set")
-    action.completer = completion.set_names  # type: ignore[attr-defined]
-    action = p.add_argument("--target", default=None, metavar="PATTERN", help="only targets whose dbid matches this glob, e.g. 'postgresql.*'")
-    action.completer = completion.dbids  # type: ignore[attr-defined]
-
-
 def _parser() -> argparse.ArgumentParser:
     from orchestrator import completion
     from orchestrator.log import LOG_FORMATS, LOG_TIMES
@@ -104,11 +76,11 @@ def _parser() -> argparse.ArgumentParser:
                      epilog="Shell completion (bash, zsh): eval \"$(register-python-argcomplete orchestrator)\". "
                             "'orchestrator COMMAND --help' describes a command.")
     parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND", title="commands")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, title="commands")
 
     p = sub.add_parser("create", parents=[common], help="write a new timestamped migration from a template")
     p.add_argument("name", help="what the migration does, e.g. add_users (letters, digits, '_', '-')")
-    _positional(p, "config")
+    positional(p, "config")
     action = p.add_argument("dir", metavar="SET", help="set name in the config, or its folder")
     action.completer = completion.set_names  # type: ignore[attr-defined]
     kind = p.add_mutually_exclusive_group()
@@ -126,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-wait", type=float, default=None, metavar="SECONDS", help="seconds to wait for a held lock (default 10)")
 
     p = sub.add_parser("resolve", parents=[common], help="clear a failed migration: resolve CONFIG DBID SET VERSION --retry|--mark-applied|--forget")
-    _positional(p, "config", "dbid", "set", "version")
+    positional(p, "config", "dbid", "set", "version")
     action_group = p.add_mutually_exclusive_group(required=True)
     for flag, text in (("retry", "forget the failed row so the next run applies the file again"),
                        ("mark-applied", "record it applied (you finished it by hand)"),
@@ -134,24 +106,23 @@ def _parser() -> argparse.ArgumentParser:
         action_group.add_argument(f"--{flag}", dest="action", action="store_const", const=flag, help=text)
 
     p = sub.add_parser("baseline", parents=[common], help="record migrations up to VERSION as applied without running them")
-    _positional(p, "config", "dbid", "set", "version")
+    positional(p, "config", "dbid", "set", "version")
 
     for name, text in (("catch-up", "apply everything pending on every binding"), ("status", "state of every (set, target)"),
                        ("plan", "what catch-up would apply, touching nothing"), ("validate", "check config, sets and ledgers")):
         p = sub.add_parser(name, parents=[common], help=text)
-        _fleet_filters(p)
+        fleet_filters(p)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "catch-up":
             p.add_argument("--workers", type=int, default=None, metavar="N", help="targets worked on at once (default daemon.workers)")
             p.add_argument("--lock-wait", type=float, default=None, metavar="SECONDS", help="seconds to wait for a held lock (default 10)")
-            p.add_argument("--wait", action="store_true",
-                           help="keep going through rollout soak times until everything is applied or failures stop it")
+            p.add_argument("--wait", action="store_true", help="go on through rollout soaks until done or stopped by failures")
         if name == "status":
             p.add_argument("--exit-code", action="store_true",
                            help=f"exit {EXIT_PENDING} when any migration is pending (for CI gates), unless a worse state sets the code")
 
     p = sub.add_parser("wait", parents=[common], help="wait until the targets accept connections (for containers starting together)")
-    _positional(p, "config")
+    positional(p, "config")
     action = p.add_argument("--target", default=None, metavar="PATTERN", help="only targets whose dbid matches this glob")
     action.completer = completion.dbids  # type: ignore[attr-defined]
     p.add_argument("--timeout", default="60s", metavar="DURATION", help="give up after this long, e.g. 60s, 5m (default 60s)")
@@ -159,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("config-schema", parents=[common], help="print the JSON Schema of config.json (for editors and CI)")
 
     p = sub.add_parser("targets", parents=[common], help="every target (static and discovered), its source and its sets")
-    _positional(p, "config")
+    positional(p, "config")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("import-c", parents=[common], help="convert C Web Framework migrations (dbquery SQL only) into .sql files")
@@ -168,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite .sql files that already exist in DEST_DIR")
 
     p = sub.add_parser("daemon", parents=[common], help="run the scheduler, watcher and status server")
-    _positional(p, "config")
+    positional(p, "config")
     p.add_argument("--once", action="store_true", help="one catch-up, then exit with its exit code")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="this replica's share of the targets; auto/N takes I from ORCHESTRATOR_SHARD_INDEX, "
@@ -176,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cluster", parents=[common], help="cluster mode: the replicas and the queued work")
     p.add_argument("action", choices=["status"], help="what to show")
-    _positional(p, "config")
+    positional(p, "config")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -332,7 +303,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_fleet(args: argparse.Namespace) -> int:
     """``catch-up``, ``status`` and ``plan``: one log line per binding as it ends, then the report."""
     from orchestrator import defaults, render, waves
-    from orchestrator.notify import Notifier
 
     config, resolution = _load(args.config)
     _check_fleet_args(config, args)
@@ -353,13 +323,9 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
 
         workers: int | None = getattr(args, "workers", None)
         if args.command == "catch-up":
-            notifier = Notifier(config.notify)
-            try:
-                report = waves.catch_up(config, args.set_name, args.target, workers, on_result=on_result,
-                                        lock_wait=defaults.LOCK_WAIT if args.lock_wait is None else args.lock_wait,
-                                        config_name=args.config, wait=args.wait, notifier=notifier)
-            finally:
-                notifier.close(wait=defaults.NOTIFY_FLUSH)  # a dead receiver costs at most this, said in one line
+            report = waves.catch_up_notifying(config, args.set_name, args.target, workers, on_result=on_result,
+                                              lock_wait=defaults.LOCK_WAIT if args.lock_wait is None else args.lock_wait,
+                                              config_name=args.config, wait=args.wait)
         else:
             report = waves.status(config, args.set_name, args.target, workers, on_result=on_result,
                                   config_name=args.config, command=args.command)

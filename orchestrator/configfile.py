@@ -116,14 +116,25 @@ _TYPE_HELP = {
 }
 
 
+MAX_FAULTS = 20
+"""Faults of one config file reported at once; more are counted in a last line."""
+
+
 def one_line_error(exc: ValidationError, name: str, root: type[BaseModel], pattern_help: Mapping[str, str]) -> ConfigError:
-    """The first of pydantic's errors for a file validated as *root*, as one line.
+    """pydantic's errors for a file validated as *root*: one line per fault, up to :data:`MAX_FAULTS`.
 
     *pattern_help* says in words what each of the schema's regex patterns expects.
+    The lines are joined with newlines; the CLI logs each as its own error line.
     """
     errors = exc.errors(include_url=False)
+    lines = [_describe(err, name, root, pattern_help) for err in errors[:MAX_FAULTS]]
+    if len(errors) > MAX_FAULTS:
+        lines.append(f"{name}: ... and {len(errors) - MAX_FAULTS} more faults")
+    return ConfigError("\n".join(dict.fromkeys(lines)))  # a fault pydantic reports twice (unions) is said once
+
+
+def _describe(err: Any, name: str, root: type[BaseModel], pattern_help: Mapping[str, str]) -> str:
     # Drop the discriminator noise pydantic adds for unions and plain-str dict keys.
-    err = errors[0]
     loc = tuple(p for p in err["loc"] if p not in ("[key]",))
     msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if err["type"] == "extra_forbidden":
@@ -138,8 +149,7 @@ def one_line_error(exc: ValidationError, name: str, root: type[BaseModel], patte
         msg = pattern_help.get(str(err.get("ctx", {}).get("pattern")), msg)
     else:
         msg = _TYPE_HELP.get(err["type"], msg)
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return ConfigError(f"{name}: {json_path(loc)}: {msg}{more}")
+    return f"{name}: {json_path(loc)}: {msg}"
 
 
 def _fields_at(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

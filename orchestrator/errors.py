@@ -40,7 +40,8 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 _STATE_EXIT_CODES = {"current": EXIT_OK, "pending": EXIT_OK, "failed": EXIT_FAILED, "drift": EXIT_FAILED,
                      "unreachable": EXIT_UNREACHABLE, "locked": EXIT_FAILED,
-                     "held": EXIT_OK, "capped": EXIT_OK}  # held back by a rollout or a version cap: not a failure
+                     "held": EXIT_OK, "capped": EXIT_OK,  # held back by a rollout or a version cap: not a failure
+                     "removed": EXIT_OK}  # gone from its inventory source: no longer worked on
 # When several outcomes meet, the most actionable wins: a config problem, then a failure, then a target down.
 _PRECEDENCE = (EXIT_USAGE, EXIT_FAILED, EXIT_UNREACHABLE)
 

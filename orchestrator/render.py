@@ -28,7 +28,7 @@ __all__ = ["binding_line", "progress", "report", "summary_line", "table_rows", "
 log = logging.getLogger("fleet")
 
 _HEADERS = ("SET", "TARGET", "STATE", "APPLIED", "LAST VERSION", "LAST APPLIED (UTC)", "OUT OF ORDER", "ERROR")
-_STYLES = {"current": "green", "pending": "yellow", "failed": "bold red", "drift": "magenta",
+_STYLES = {"current": "green", "pending": "yellow", "held": "blue", "capped": "dim", "failed": "bold red", "drift": "magenta",
            "unreachable": "red", "locked": "cyan", "applied": "green"}
 
 
@@ -61,7 +61,9 @@ def progress(total: int, command: str, enabled: bool = True) -> Iterator[Callabl
                 if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr]
     with bar:
         # The bar redraws on stderr; log lines must pass through its console or they tear it.
-        previous = [h.setStream(console.file) for h in handlers]
+        # Inside the bar sys.stderr is rich's proxy: a line written there is printed above the bar, which
+        # is then redrawn; the console's own file would put the line after the bar's text on its row.
+        previous = [h.setStream(sys.stderr) for h in handlers]
         try:
             yield lambda: bar.advance(task)
         finally:
@@ -106,6 +108,10 @@ def binding_line(b: BindingStatus, command: str) -> None:
 def _state_text(b: BindingStatus) -> str:
     if b.state == "pending":
         return f"pending {len(b.pending)}"
+    if b.state == "held":
+        return f"held {len(b.held)}"
+    if b.state == "capped":
+        return f"capped {len(b.capped)}"
     return b.state
 
 
@@ -113,7 +119,7 @@ def table_rows(report: FleetReport) -> list[tuple[str, ...]]:
     """The status table's cells, one tuple per binding, in _HEADERS order."""
     return [
         (b.set_id, b.dbid, _state_text(b), str(b.applied), b.last_version or "-", utc(b.last_apply_time) or "-",
-         ", ".join(b.out_of_order) or "-", b.error or "")
+         ", ".join(b.out_of_order) or "-", b.error or b.hold_reason or "")
         for b in report.bindings
     ]
 
@@ -133,8 +139,9 @@ def _rich_table(report: FleetReport, stream: IO[str]) -> None:
     rows = table_rows(report)
     table = Table(show_edge=False, header_style="bold")
     for i, header in enumerate(_HEADERS):
-        # Set, target and state never shrink on a narrow terminal; the other cells fold instead.
-        keep = header in ("SET", "TARGET", "STATE")
+        # Set, target, state, counts, versions and times never wrap (a version split over two lines
+        # reads as two); the out-of-order list and the error fold instead.
+        keep = header not in ("OUT OF ORDER", "ERROR")
         widest = max([len(header), *(len(r[i]) for r in rows)])
         table.add_column(header, no_wrap=keep, min_width=widest if keep else None, overflow="fold",
                          justify="right" if header == "APPLIED" else "left")
@@ -149,7 +156,7 @@ def summary_line(report: FleetReport) -> str:
     for b in report.bindings:
         category = _category(b, report.command)
         counts[category] = counts.get(category, 0) + 1
-    order = ("applied", "current", "pending", "failed", "drift", "locked", "unreachable")
+    order = ("applied", "current", "pending", "held", "capped", "failed", "drift", "locked", "unreachable")
     parts = ", ".join(f"{counts[c]} {c}" for c in order if counts.get(c)) or "nothing selected"
     head = f"{report.command}: {len(report.targets)} target{'s' if len(report.targets) != 1 else ''}, " \
            f"{len(report.bindings)} binding{'s' if len(report.bindings) != 1 else ''}: {parts}"
@@ -192,6 +199,10 @@ def _plan_lines(b: BindingStatus) -> list[str]:
         lines.append(f"    warning: {b.error}")
     if b.state == "drift":
         lines += [f"    drift: {line}" for line in b.drift]
+    if b.held:
+        lines.append(f"  {b.set_id}: held {len(b.held)} ({b.hold_reason or 'rollout'}): {', '.join(b.held)}")
+    if b.capped:
+        lines.append(f"  {b.set_id}: capped {len(b.capped)} (past its until or pin): {', '.join(b.capped)}")
     return lines
 
 
@@ -216,6 +227,8 @@ def report(result: FleetReport, stream: IO[str], as_json: bool = False) -> None:
             _plain_table(table_rows(result), stream)
     elif result.command == "plan":
         _plan_text(result, stream)
+    for name, line in result.rollouts.items():
+        stream.write(f"rollout {name}: {line}\n")
     stream.write(summary_line(result) + "\n")
     stream.flush()
 

@@ -185,7 +185,6 @@ def test_failing_python_migration(app: Any, orchestrator: Any, body: str, messag
     (("up", "{cfg}", "sqlite.local", "s9"), "unknown set 's9'"),
     (("up", "--lock-wait", "soon", "{cfg}", "sqlite.local", "s1"), "usage: argument --lock-wait: invalid float value: 'soon'"),
     (("frobnicate",), "usage: argument command: invalid choice: 'frobnicate'"),
-    ((), "usage: the following arguments are required: command"),
     (("create", "bad name", "{cfg}", "s1"), "create: bad name 'bad name': use letters, digits, '_' and '-'"),
     (("create", "../escape", "{cfg}", "s1"), "create: bad name '../escape'"),
     (("create", "x" * 161, "{cfg}", "s1"), "create: name is longer than 160 characters"),

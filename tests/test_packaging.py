@@ -30,7 +30,8 @@ def test_wheel_has_its_own_name_license_page_templates_and_schema(tmp_path: Path
     assert metadata["Name"] == DIST and metadata["License-Expression"] == "Apache-2.0"
     assert "LICENSE" in metadata.get_all("License-File")
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
-    assert {"orchestrator/templates/fleet.html", "orchestrator/templates/login.html", "orchestrator/py.typed"} <= names
+    assert {"orchestrator/templates/fleet.html", "orchestrator/templates/login.html", "orchestrator/py.typed",
+            "orchestrator/config.schema.json"} <= names
     assert "orchestrator = orchestrator.cli:main" in entry_points  # the command keeps its name
     assert not any(n.startswith("tests/") for n in names)
 

@@ -1,0 +1,35 @@
+"""Arguments several commands share: CONFIG, DBID, SET, VERSION and the fleet filters, with help and completion."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["fleet_filters", "positional"]
+
+_HELP = {
+    "config": "path of config.json",
+    "dbid": "target id as <driver>.<host_id>, e.g. postgresql.main",
+    "set": "migration set: its name in the config, or its folder",
+    "version": "migration version: the file name without its extension",
+}
+
+
+def positional(p: argparse.ArgumentParser, *names: str) -> None:
+    """CONFIG, DBID, SET and VERSION arguments with their help and shell completion from the config."""
+    from orchestrator import completion
+
+    completers = {"config": completion.config_files, "dbid": completion.dbids, "set": completion.set_names,
+                  "version": completion.versions}
+    for name in names:
+        action = p.add_argument(name, metavar=name.upper(), help=_HELP[name])
+        action.completer = completers[name]  # type: ignore[attr-defined]  # read by argcomplete
+
+
+def fleet_filters(p: argparse.ArgumentParser) -> None:
+    from orchestrator import completion
+
+    positional(p, "config")
+    action = p.add_argument("--set", dest="set_name", default=None, metavar="SET", help="only this set")
+    action.completer = completion.set_names  # type: ignore[attr-defined]
+    action = p.add_argument("--target", default=None, metavar="PATTERN", help="only targets whose dbid matches this glob, e.g. 'postgresql.*'")
+    action.completer = completion.dbids  # type: ignore[attr-defined]
