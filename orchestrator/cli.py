@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import __version__
-from orchestrator.cliargs import fleet_filters, positional
+from orchestrator.cliargs import fleet_filters, option_value, positional, print_json_schema
 from orchestrator.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -33,7 +33,6 @@ from orchestrator.errors import (
     EXIT_USAGE,
     ConfigError,
     OrchestratorError,
-    worst_exit_code,
 )
 from orchestrator.log import setup_logging
 from orchestrator.redact import redact
@@ -105,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
                        ("forget", "delete its row; it stays pending")):
         action_group.add_argument(f"--{flag}", dest="action", action="store_const", const=flag, help=text)
 
+    p = sub.add_parser("repair", parents=[common], help="accept a changed file's checksum after a reviewed, harmless edit (records who and when)")
+    positional(p, "config", "dbid", "set", "version")
+
     p = sub.add_parser("baseline", parents=[common], help="record migrations up to VERSION as applied without running them")
     positional(p, "config", "dbid", "set", "version")
 
@@ -117,9 +119,18 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--workers", type=int, default=None, metavar="N", help="targets worked on at once (default daemon.workers)")
             p.add_argument("--lock-wait", type=float, default=None, metavar="SECONDS", help="seconds to wait for a held lock (default 10)")
             p.add_argument("--wait", action="store_true", help="go on through rollout soaks until done or stopped by failures")
+        if name == "validate":
+            p.add_argument("--offline", action="store_true",
+                           help="check config, files and lint without connecting to any database (for CI)")
         if name == "status":
             p.add_argument("--exit-code", action="store_true",
                            help=f"exit {EXIT_PENDING} when any migration is pending (for CI gates), unless a worse state sets the code")
+
+    p = sub.add_parser("lint", parents=[common], help="what the migrations will lock or destroy, with no database (errors exit 1)")
+    positional(p, "config")
+    action = p.add_argument("--set", dest="set_name", default=None, metavar="SET", help="only this set")
+    action.completer = completion.set_names  # type: ignore[attr-defined]
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("wait", parents=[common], help="wait until the targets accept connections (for containers starting together)")
     positional(p, "config")
@@ -268,6 +279,13 @@ def _cmd_resolve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from orchestrator.runner import repair
+
+    _with_target(args, lambda target, mset: repair(target, mset, args.version))
+    return EXIT_OK
+
+
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from orchestrator.runner import baseline
 
@@ -293,11 +311,29 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from orchestrator import render
     from orchestrator.checks import validation
 
-    config, resolution = _load(args.config)
+    if args.offline:  # no inventory source is read either: they may be databases
+        from orchestrator.config import load
+
+        config, resolution = load(args.config), None
+    else:
+        config, resolution = _load(args.config)
     _check_fleet_args(config, args)
-    result = validation(config, args.set_name, args.target, config_name=args.config)
+    result = validation(config, args.set_name, args.target, config_name=args.config, offline=args.offline)
     render.validation(result, sys.stdout, as_json=args.json)
     return _with_sources(result.exit_code, resolution)
+
+
+def _cmd_lint(args: argparse.Namespace) -> int:
+    from orchestrator import render
+    from orchestrator.config import load
+    from orchestrator.lint import exit_code, lint_config
+
+    config = load(args.config)
+    if args.set_name is not None and args.set_name not in config.sets:
+        raise ConfigError(f"{config.path.name}: unknown set {args.set_name!r} (sets: {', '.join(sorted(config.sets)) or 'none'})")
+    findings = lint_config(config, args.set_name)
+    render.lint(findings, sys.stdout, as_json=args.json)
+    return exit_code(findings)
 
 
 def _cmd_fleet(args: argparse.Namespace) -> int:
@@ -331,10 +367,24 @@ def _cmd_fleet(args: argparse.Namespace) -> int:
                                   config_name=args.config, command=args.command)
     if args.json or not args.quiet:  # -q: nothing but errors; --json was asked for explicitly
         render.report(report, sys.stdout, as_json=args.json)
+    if args.command == "plan" and not (args.json or args.quiet):
+        _plan_lint(config, args.set_name)
     code = report.exit_code
     if getattr(args, "exit_code", False) and code == EXIT_OK and any(b.pending for b in report.bindings):
         code = EXIT_PENDING
     return _with_sources(code, resolution)
+
+
+def _plan_lint(config: Config, set_name: str | None) -> None:
+    """plan also says what the migrations will lock or destroy (``orchestrator lint``); it changes no exit code."""
+    from orchestrator import render
+    from orchestrator.lint import lint_config
+
+    try:
+        findings = lint_config(config, set_name)
+    except OrchestratorError:
+        return  # an unreadable set is already in the plan
+    render.lint_findings(findings, sys.stdout)
 
 
 def _cmd_wait(args: argparse.Namespace) -> int:
@@ -352,36 +402,19 @@ def _cmd_wait(args: argparse.Namespace) -> int:
     return _with_sources(EXIT_UNREACHABLE if missing else EXIT_OK, resolution)
 
 
-def _cmd_config_schema(args: argparse.Namespace) -> int:
-    import json
-
-    from orchestrator.config import json_schema
-
-    print(json.dumps(json_schema(), indent=2))
-    return EXIT_OK
-
-
 def _load(path: str) -> tuple[Config, Resolution | None]:
     """The config with its inventory read once; a bad row or a failing source is one line each on stderr."""
     from orchestrator import inventory
-
-    config, resolution = inventory.load(path)
-    if resolution is not None:
-        for line in resolution.problems:
-            log.warning("%s", line)
-        for source in resolution.failed:
-            logging.getLogger("orchestrator").error("%s", source.error)
-    return config, resolution
+    return inventory.load(path, report=True)
 
 
 def _with_sources(code: int, resolution: Resolution | None) -> int:
     """A source that could not be read left its targets out of the run: as a target down, exit 3 at least."""
-    return worst_exit_code({code, EXIT_UNREACHABLE}) if resolution is not None and resolution.failed else code
+    return resolution.exit_code(code) if resolution is not None else code
 
 
 def _cmd_targets(args: argparse.Namespace) -> int:
     from orchestrator import render
-
     config, resolution = _load(args.config)
     render.targets(config, resolution, sys.stdout, as_json=args.json)
     return _with_sources(EXIT_OK, resolution)
@@ -415,28 +448,19 @@ _COMMANDS = {
     "up": _cmd_up,
     "resolve": _cmd_resolve,
     "baseline": _cmd_baseline,
+    "repair": _cmd_repair,
     "catch-up": _cmd_fleet,
     "status": _cmd_fleet,
     "plan": _cmd_fleet,
     "validate": _cmd_validate,
+    "lint": _cmd_lint,
     "targets": _cmd_targets,
     "wait": _cmd_wait,
-    "config-schema": _cmd_config_schema,
+    "config-schema": lambda args: print_json_schema(),
     "daemon": _cmd_daemon,
     "cluster": _cmd_cluster,
     "import-c": _cmd_import_c,
 }
-
-
-def _option(argv: list[str], name: str) -> str | None:
-    """The value of ``--name VALUE`` or ``--name=VALUE`` in argv (the last one wins), read before parsing."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(name + "="):
-            value = arg.partition("=")[2]
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -444,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbosity = -1 if ("-q" in argv or "--quiet" in argv) else sum(a.count("v") for a in argv if re.fullmatch(r"-v+", a)) + argv.count("--verbose")
     # Logging is set up before parsing, so that a usage error is logged in the asked format too.
-    setup_logging(verbosity, log_format=_option(argv, "--log-format") or "text", log_time=_option(argv, "--log-time"))
+    setup_logging(verbosity, log_format=option_value(argv, "--log-format") or "text", log_time=option_value(argv, "--log-time"))
     parser = _parser()
     import argcomplete  # completes and exits when the shell's completion hook runs us; a no-op otherwise
 

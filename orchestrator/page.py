@@ -291,6 +291,10 @@ def render_page(rows: list[tuple[BindingStatus, dict[str, Any]]], daemon: Mappin
     reload_info = daemon.get("reload") or {}
     if reload_info.get("error"):
         meta.append(f'<span class="bad">last reload failed: {e(redact(str(reload_info["error"])))}</span>')
+    for source in (daemon.get("inventory") or {}).get("sources") or ():
+        if not source.get("up"):  # its last good list is still served: say so, with why
+            meta.append(f'<span class="bad" data-inventory="{e(str(source.get("name")))}">{e(redact(str(source.get("error"))))}'
+                        f' (keeping its last {e(str(source.get("targets")))} targets)</span>')
     hidden = f'<input type="hidden" name="state" value="{e(wanted)}">' if wanted else ""
     return _template("fleet.html").substitute(
         refresh=int(refresh),

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STATES", "BindingStatus", "FleetReport", "SetInfo", "assess", "one_line", "utc"]
 
-STATES = ("current", "pending", "failed", "drift", "unreachable", "locked", "held", "capped")
+STATES = ("current", "pending", "failed", "drift", "unreachable", "locked", "held", "capped", "removed")
 
 
 def one_line(exc: BaseException) -> str:
@@ -68,6 +68,7 @@ class BindingStatus:
     holder: str | None = None  # who holds the (target, set) lock, when state is locked
     set_error: bool = False  # the set itself is unreadable (a config problem, exit 2)
     waiting: bool = False  # a pending file holds nothing to run (e.g. an untouched template): nothing applied until it changes
+    removed_at: str | None = None  # state removed: when its inventory source stopped listing the target (ISO UTC)
     # Rollouts (see orchestrator.waves): the target's wave, versions held back or past a cap, and why.
     wave: str | None = None
     held: list[str] = field(default_factory=list)
@@ -92,7 +93,7 @@ class BindingStatus:
             "duration_ms": self.duration_ms, "wave": self.wave, "held": list(self.held),
             "capped": list(self.capped), "hold_reason": self.hold_reason, "soak_until": self.soak_until,
             "soak_until_utc": utc(self.soak_until), "failed_version": self.failed_version,
-        }
+        } | ({"removed_at": self.removed_at} if self.removed_at else {})
 
 
 @dataclass
@@ -102,6 +103,7 @@ class FleetReport:
     bindings: list[BindingStatus]
     wall_ms: int = 0
     command: str = "status"
+    rollouts: dict[str, str] = field(default_factory=dict)  # set -> one-line rollout summary (gated sets only)
 
     @property
     def exit_code(self) -> int:
@@ -131,6 +133,7 @@ class FleetReport:
         return {
             "command": self.command, "exit_code": self.exit_code, "wall_ms": self.wall_ms,
             "targets": len(self.targets), "summary": self.counts(), "bindings": [b.to_json() for b in self.bindings],
+            "rollouts": dict(self.rollouts),
         }
 
 

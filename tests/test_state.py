@@ -75,7 +75,7 @@ def test_an_empty_pending_file_waits_and_adopted_rows_are_not_judged(info: SetIn
 
 def test_one_exit_code_table() -> None:
     assert {s: exit_code_for_state(s) for s in STATES} == {
-        "current": 0, "pending": 0, "failed": 1, "drift": 1, "unreachable": 3, "locked": 1, "held": 0, "capped": 0}
+        "current": 0, "pending": 0, "failed": 1, "drift": 1, "unreachable": 3, "locked": 1, "held": 0, "capped": 0, "removed": 0}
     assert [worst_exit_code(c) for c in ([], [0, 3], [3, 1], [1, 2, 3])] == [0, 3, 1, 2]
 
 

@@ -9,6 +9,7 @@ what went wrong. The daemon keeps one :class:`Inventory` per config
 
 from __future__ import annotations
 
+import logging
 import os
 
 from orchestrator.config import Config
@@ -17,6 +18,8 @@ from orchestrator.inventory.resolve import Inventory, Resolution
 from orchestrator.inventory.sources import parse_sources
 
 __all__ = ["inventory_of", "load", "resolved"]
+
+log = logging.getLogger("orchestrator")
 
 
 def inventory_of(config: Config, name: str | None = None) -> Inventory | None:
@@ -32,10 +35,19 @@ def resolved(config: Config, inventory: Inventory) -> tuple[Config, Resolution]:
     return config.with_databases(resolution.databases, resolution.origin), resolution
 
 
-def load(path: str | os.PathLike[str]) -> tuple[Config, Resolution | None]:
-    """Load config.json and resolve its inventory once (the command line's way)."""
+def load(path: str | os.PathLike[str], report: bool = False) -> tuple[Config, Resolution | None]:
+    """Load config.json and resolve its inventory once (the command line's way).
+
+    ``report`` logs each bad row (warning) and each failing source (error) in one line.
+    """
     config = load_config(path)
     inventory = inventory_of(config, str(path))
     if inventory is None:
         return config, None
-    return resolved(config, inventory)
+    config, resolution = resolved(config, inventory)
+    if report:
+        for line in resolution.problems:
+            log.warning("%s", line)
+        for source in resolution.failed:
+            log.error("%s", source.error)
+    return config, resolution

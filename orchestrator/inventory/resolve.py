@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator.config import DatabaseConfig, SqliteConfig
+from orchestrator.errors import EXIT_UNREACHABLE, worst_exit_code
 from orchestrator.inventory.fetch import Row, SourceError, fetch
 from orchestrator.inventory.sources import MODELS, Source
 from orchestrator.redact import redact, register_secret
@@ -70,6 +71,10 @@ class Resolution:
     @property
     def failed(self) -> list[SourceStatus]:
         return [s for s in self.sources if not s.up]
+
+    def exit_code(self, code: int) -> int:
+        """A command's exit code given this resolution: a source not read left targets out, as a target down (3)."""
+        return worst_exit_code({code, EXIT_UNREACHABLE}) if self.failed else code
 
 
 @dataclass
