@@ -1,10 +1,11 @@
-"""Arguments several commands share: CONFIG, DBID, SET, VERSION and the fleet filters, with help and completion."""
+"""Arguments several commands share (CONFIG, DBID, SET, VERSION, the fleet filters) with help and completion,
+options read before parsing, and config-schema, which needs no config."""
 
 from __future__ import annotations
 
 import argparse
 
-__all__ = ["fleet_filters", "positional"]
+__all__ = ["fleet_filters", "option_value", "positional", "print_json_schema"]
 
 _HELP = {
     "config": "path of config.json",
@@ -33,3 +34,24 @@ def fleet_filters(p: argparse.ArgumentParser) -> None:
     action.completer = completion.set_names  # type: ignore[attr-defined]
     action = p.add_argument("--target", default=None, metavar="PATTERN", help="only targets whose dbid matches this glob, e.g. 'postgresql.*'")
     action.completer = completion.dbids  # type: ignore[attr-defined]
+
+
+def option_value(argv: list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` in argv (the last one wins), read before parsing."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.partition("=")[2]
+    return value
+
+
+def print_json_schema() -> int:
+    """``orchestrator config-schema``: the JSON Schema of config.json on stdout."""
+    import json
+
+    from orchestrator.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0

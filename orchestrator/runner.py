@@ -18,7 +18,7 @@ from orchestrator.errors import ConfigError, FailedState, MigrationError
 from orchestrator.sets import Migration, MigrationSet, Script
 from orchestrator.targets import Applied, LedgerRow, Target
 
-__all__ = ["RunReport", "baseline", "blocking_row", "pending_migrations", "resolve", "run"]
+__all__ = ["RunReport", "baseline", "blocking_row", "pending_migrations", "repair", "resolve", "run"]
 
 log = logging.getLogger("migrations")
 
@@ -203,3 +203,34 @@ def resolve(target: Target, migration_set: MigrationSet, version: str, action: s
         only = replace(migration_set, migrations=(migration,))
         return run(target, only, lock_wait=lock_wait, config_name=config_name)
     return None
+
+
+def repair(target: Target, migration_set: MigrationSet, version: str, lock_wait: float = defaults.LOCK_WAIT) -> str:
+    """Accept the file's current checksum for an applied version after a reviewed, harmless edit (Flyway's repair).
+
+    Only the row's checksum changes; its ``applied_by`` gains who accepted it and when. Returns that note.
+    """
+    import getpass
+    import socket
+    from datetime import UTC, datetime
+
+    set_id = migration_set.name
+    migration = migration_set.get(version)
+    if migration is None:
+        raise ConfigError(f"{set_id}: {version!r} is not in the set; nothing to repair")
+    checksum = migration.script_for(target.driver).checksum
+    with target.lock(set_id, lock_wait):
+        row = target.applied(set_id).get(version)
+        if row is None or row.status != "applied":
+            state = "not in the ledger" if row is None else f"{row.status}, not applied (see 'orchestrator resolve')"
+            raise ConfigError(f"{target.dbid}/{set_id}: {version} is {state}; nothing to repair")
+        if row.checksum == checksum:
+            log.info("%s/%s: %s already has the file's checksum; nothing changed", target.dbid, set_id, version)
+            return row.applied_by or ""
+        when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        note = f"{row.applied_by or 'unknown'}; checksum {(row.checksum or 'none')[:12]} -> {checksum[:12]} accepted by " \
+               f"{getpass.getuser()}@{socket.gethostname()} at {when}"
+        if not target.accept_checksum(set_id, version, checksum, note):
+            raise ConfigError(f"{target.dbid}/{set_id}: {version} left the ledger meanwhile; nothing repaired")
+        log.info("%s/%s: %s now carries the file's checksum (%s)", target.dbid, set_id, version, note)
+        return note

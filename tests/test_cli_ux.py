@@ -239,3 +239,41 @@ def test_every_config_fault_at_once_one_line_each(tmp_path: Path, orchestrator: 
     code, _, err = orchestrator("status", config)
     errors = [line for line in err.splitlines() if "| ERROR |" in line]
     assert code == 2 and len(errors) == 21 and errors[-1].endswith("... and 5 more faults"), err
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mysql", "sqlite", "redis"])
+def test_repair_changes_only_the_checksum_and_records_who(engine: str, project: Any, request: Any, orchestrator: Any) -> None:
+    from orchestrator import config as config_module
+    from orchestrator.targets import open_target
+
+    entry = request.getfixturevalue({"postgresql": "pg_db", "mysql": "mysql_db", "sqlite": "sqlite_db", "redis": "redis_prefix"}[engine])
+    dbid = project.add_target(engine, "x", entry)
+    project.add_set("app", [dbid])
+    ext, body, edited = (("redis", "SET k 1\n", "SET k 1\n# reviewed: comment only\n") if engine == "redis"
+                         else ("sql", "CREATE TABLE t1 (id INTEGER);\n", "-- reviewed: comment only\nCREATE TABLE t1 (id INTEGER);\n"))
+    path = project.write("app", f"001_a.{ext}", body)
+    config = project.config
+    assert orchestrator("catch-up", config)[0] == 0
+
+    def rows() -> dict[str, Any]:
+        loaded = config_module.load(config)
+        target = open_target(loaded.database(dbid), loaded.table)
+        target.connect(readonly=True)
+        try:
+            return target.applied("app")
+        finally:
+            target.close()
+
+    before = rows()["001_a"]
+    path.write_text(edited)
+    code, out, _ = orchestrator("status", config)
+    assert code == 1 and "drift" in out
+    code, _, err = orchestrator("repair", config, dbid, "app", "001_a")
+    assert code == 0, err
+    after = rows()["001_a"]
+    assert after.checksum != before.checksum and after.checksum
+    assert (after.apply_time, after.status, after.duration_ms, after.set_id) == (before.apply_time, before.status, before.duration_ms, before.set_id)
+    assert after.applied_by.startswith(before.applied_by + "; checksum ") and " accepted by " in after.applied_by
+    assert re.search(r" at \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ$", after.applied_by)
+    assert orchestrator("status", config)[0] == 0
+    assert orchestrator("repair", config, dbid, "app", "009_nope")[0] == 2

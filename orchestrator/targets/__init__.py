@@ -143,6 +143,9 @@ class Target(Protocol):
     def forget(self, set_id: str, version: str) -> None:
         """Delete a version's row (``resolve --forget`` and ``--retry``)."""
 
+    def accept_checksum(self, set_id: str, version: str, checksum: str, note: str) -> bool:
+        """Set an applied row's checksum and its ``applied_by`` to ``note`` (``repair``); False when no such applied row."""
+
 
 def open_target(db: DatabaseConfig, table: str) -> Target:
     """A new, unconnected target for a config entry; engine modules load on first use."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestrator.targets import LedgerRow
 
-__all__ = ["ledger_rows", "parse_meta"]
+__all__ = ["ChecksumRepair", "ledger_rows", "parse_meta"]
 
 
 def ledger_rows(versions: dict[str, str], metas: dict[str, str], set_id: str) -> dict[str, LedgerRow]:
@@ -50,3 +50,25 @@ def _int(value: Any) -> int:
         return int(float(value))
     except (TypeError, ValueError):
         return 0
+
+
+class ChecksumRepair:
+    """RedisTarget's ``accept_checksum``: the meta entry's checksum and applied_by change, nothing else."""
+
+    client: Any
+
+    def _key(self, set_id: str, suffix: str = "") -> str:
+        raise NotImplementedError
+
+    def _reachable(self, doing: str) -> Any:
+        raise NotImplementedError
+
+    def accept_checksum(self, set_id: str, version: str, checksum: str, note: str) -> bool:
+        ledger, meta = self._key(set_id), self._key(set_id, ":meta")
+        with self._reachable("accepting a checksum"):
+            if not self.client.hexists(ledger, version):
+                return False
+            entry = parse_meta(self.client.hget(meta, version))
+            entry.update(checksum=checksum, applied_by=note, set_id=entry.get("set_id") or set_id, status="applied")
+            self.client.hset(meta, version, json.dumps(entry, separators=(",", ":"), ensure_ascii=False))
+            return True

@@ -300,6 +300,17 @@ class SqlLedger:
             self._execute(self._sql(f"DELETE FROM {self._qualified_table()} WHERE set_id IN (?, '') AND version IN (?, ?)"),
                           (set_id, version, f"lib{version}.so"))
 
+    def accept_checksum(self, set_id: str, version: str, checksum: str, note: str) -> bool:
+        # Only the checksum and who accepted it change: the apply time, status and duration stay as applied.
+        with self._ledger_errors(f"cannot update {version} in the ledger {self.ledger_label}"), self._transaction():
+            self._in_transaction_lock(set_id)
+            if not self._is_recorded(set_id, version):
+                return False
+            self._execute(self._sql(f"UPDATE {self._qualified_table()} SET checksum = ?, applied_by = ? "
+                                    "WHERE set_id = ? AND version = ? AND status = 'applied'"),
+                          (checksum, note[:255], set_id, version))
+            return True
+
     # -- protocol: locking ------------------------------------------------------------------
 
     @contextmanager

@@ -42,7 +42,7 @@ from orchestrator.targets._redis_commands import (
     connect_cause,
     roundtrip,
 )
-from orchestrator.targets._redis_ledger import ledger_rows, parse_meta
+from orchestrator.targets._redis_ledger import ChecksumRepair, ledger_rows, parse_meta
 from orchestrator.targets._redis_lock import Heartbeat, holder_for_error, holder_state, holder_text, process_scope
 from orchestrator.targets._redis_script import APPLY, UNSUITABLE, apply_file
 from orchestrator.targets._where import raise_line
@@ -72,7 +72,7 @@ def _one_line(exc: BaseException) -> str:
     return redact(text[:_ERROR_MAX]) or type(exc).__name__
 
 
-class RedisTarget:
+class RedisTarget(ChecksumRepair):
     """Target protocol on Redis (redis-py); one client, and one pool, per run."""
 
     driver = "redis"
