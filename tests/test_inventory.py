@@ -384,3 +384,20 @@ def test_bad_json_from_a_source_is_one_line(tmp_path: Path) -> None:
     assert res.problems == ["inventory b: sqlite[1]: expected a JSON object; skipped",
                             "inventory b: sqlite[2]: host_id: required field is missing; skipped"]
     assert list(res.databases) == ["sqlite.ok2"]
+
+
+def test_catalog_query_runs_read_only(tmp_path: Path, catalog: dict[str, Any], mysql_db: dict[str, Any]) -> None:
+    with pg_connect(catalog["dbname"]) as conn:
+        conn.execute("INSERT INTO tenants (host_id, path) VALUES ('a', 'a.db')")
+    with mysql_connect(mysql_db["dbname"]) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE tenants (host_id VARCHAR(40), path VARCHAR(200))")
+    static = {"postgresql.catalog": pg_entry("catalog", catalog["dbname"]), "mysql.cat": my_entry("cat", mysql_db["dbname"])}
+    res = inventory(tmp_path,
+                    {"name": "pg", "driver": "sqlite", "sql": {"dbid": "postgresql.catalog",
+                                                                "query": "DELETE FROM tenants RETURNING host_id, path"}},
+                    {"name": "my", "driver": "sqlite", "sql": {"dbid": "mysql.cat",
+                                                                "query": "INSERT INTO tenants VALUES ('x', 'x.db')"}}).resolve(static)
+    assert [s.up for s in res.sources] == [False, False]
+    assert "read-only" in (res.sources[0].error or "") and "READ ONLY" in (res.sources[1].error or "")
+    with pg_connect(catalog["dbname"]) as conn:
+        assert conn.execute("SELECT count(*) FROM tenants").fetchone() == (1,)

@@ -133,7 +133,8 @@ def _pg_query(db: PostgresqlConfig, query: str, params: tuple[Any, ...], timeout
         kwargs["prepare_threshold"] = None
     with psycopg.connect(host=db.ip, port=db.port, user=db.user or None, password=db.password.get_secret_value() or None,
                          dbname=db.dbname, autocommit=True, connect_timeout=max(2, math.ceil(timeout)),
-                         options=f"-c statement_timeout={int(timeout * 1000)}", **kwargs) as conn:
+                         options=f"-c statement_timeout={int(timeout * 1000)} -c default_transaction_read_only=on",
+                         **kwargs) as conn:
         cur = conn.execute(query, params or None)
         return [c.name for c in cur.description or ()], cur.fetchall()
 
@@ -144,7 +145,8 @@ def _mysql_query(db: MysqlConfig, query: str, params: tuple[Any, ...], timeout: 
     seconds = max(1, math.ceil(timeout))
     conn = pymysql.connect(host=db.ip, port=db.port, user=db.user or None, password=db.password.get_secret_value().encode(),
                            database=db.dbname, charset=db.charset, connect_timeout=seconds, read_timeout=seconds,
-                           write_timeout=seconds, autocommit=True, ssl={} if db.tls else None)
+                           write_timeout=seconds, autocommit=True, ssl={} if db.tls else None,
+                           init_command="SET SESSION TRANSACTION READ ONLY")
     try:
         with conn.cursor() as cur:
             cur.execute(query, params or None)
