@@ -254,6 +254,9 @@ class DaemonConfig(_Strict):
     retry_max: Duration = defaults.RETRY_MAX
     http: HttpConfig = HttpConfig()
     cluster: ClusterConfig | None = None
+    # Log lines of the daemon: "json" always, "auto" JSON when stderr is not a terminal (a container's
+    # log collector), "text" the C tool's lines. --log-format on the command line wins.
+    log_format: Literal["text", "json", "auto"] = "text"
 
 
 class _File(_Strict):

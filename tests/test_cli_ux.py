@@ -277,3 +277,17 @@ def test_repair_changes_only_the_checksum_and_records_who(engine: str, project: 
     assert re.search(r" at \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ$", after.applied_by)
     assert orchestrator("status", config)[0] == 0
     assert orchestrator("repair", config, dbid, "app", "009_nope")[0] == 2
+
+
+def test_daemon_logs_json_when_the_config_asks(project: Any, tmp_path: Path) -> None:
+    config = sqlite_project(project, tmp_path, targets=1)
+    data = json.loads(config.read_text())
+    data["daemon"] = {"log_format": "auto"}  # not a terminal here: JSON
+    config.write_text(json.dumps(data))
+    result = subprocess.run([sys.executable, "-m", "orchestrator", "daemon", str(config), "--once"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert any(r["message"].startswith("sqlite.t0/s1: applying: 000_a") and r["time"].endswith("Z") for r in lines)
+    text = subprocess.run([sys.executable, "-m", "orchestrator", "--log-format", "text", "daemon", str(config), "--once"],
+                          capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0 and not text.stderr.lstrip().startswith("{")  # the command line wins

@@ -335,9 +335,19 @@ def run_once(config: Config, shard: tuple[int, int] | None = None) -> int:
     return report.exit_code
 
 
+def _log_format(config: Config, args: Any) -> None:
+    """daemon.log_format, unless --log-format was given."""
+    wanted = config.daemon.log_format
+    if getattr(args, "log_format", None) is None and (wanted == "json" or (wanted == "auto" and not sys.stderr.isatty())):
+        from orchestrator.log import setup_logging
+
+        setup_logging(-1 if args.quiet else args.verbose, log_format="json")
+
+
 def command(args: Any) -> int:
     """``orchestrator daemon CONFIG [--once] [--shard I/N]``."""
     config = config_module.load(args.config)
+    _log_format(config, args)
     shard = parse_shard(resolve_shard(args.shard) if args.shard is not None else None)
     if shard is not None and config.daemon.cluster is not None:
         raise ConfigError(f"daemon: --shard {args.shard} and daemon.cluster in {config.path.name} do not go together: "
