@@ -38,7 +38,7 @@ __all__ = ["CONTENT_SECURITY_POLICY", "PROBLEM_STATES", "render_login", "render_
 PROBLEM_STATES = ("failed", "drift", "locked", "unreachable", "held")
 """States that need a person, worst first; their targets head the page."""
 
-_KNOWN = (*PROBLEM_STATES, "pending", "current")
+_KNOWN = (*PROBLEM_STATES, "pending", "capped", "current")  # capped: held at a version cap on purpose
 _SHORT = 160  # characters of an error shown before the rest folds away
 
 _SCRIPT = """\
