@@ -59,3 +59,19 @@ def test_local_time_names_its_offset_and_the_default_stays_the_c_tools() -> None
                          timeout=60).stderr.splitlines()
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+02:00 \| INFO \| a - x", err[0]), err
     assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} \| INFO \| a - y", err[1]), err
+
+
+def test_redaction_masks_any_of_thousands_of_secrets_longest_first() -> None:
+    # A discovered fleet registers one password per tenant; every one stays masked, and a secret that
+    # extends another is masked whole rather than leaving its tail in clear.
+    from orchestrator.redact import redact, register_secret
+
+    tenants = [f"pw-{i:05d}-{'x' * (i % 7)}" for i in range(5000)]
+    for secret in tenants:
+        register_secret(secret)
+    register_secret("s3cr(e)t.*")
+    register_secret("s3cr(e)t.*+tail")
+    line = f"tenant_17 failed: auth {tenants[17]} / {tenants[4999]} / s3cr(e)t.*+tail / s3cr(e)t.*"
+    masked = redact(line)
+    assert masked == "tenant_17 failed: auth ******** / ******** / ******** / ********"
+    assert redact("nothing secret here") == "nothing secret here"
