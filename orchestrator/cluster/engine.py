@@ -34,6 +34,9 @@ log = logging.getLogger("cluster")
 # handler(dbid, sets, reason, attempt): catch up those sets of that target (the daemon's side of a job).
 Handler = Callable[[str, list[str], str, int], object]
 
+# Work handed back by a stopping replica or taken from a silent one goes before the rest of the queue.
+URGENT = 10
+
 
 def queueing_lock(dbid: str, sets: list[str]) -> str:
     """At most one waiting job per target and set list: the same run noticed twice is queued once."""
@@ -65,6 +68,8 @@ class Engine:
 
         app = self._deferrer()
         options: dict[str, Any] = {"lock": dbid, "queueing_lock": queueing_lock(dbid, sets), "queue": QUEUE}
+        if reason == "handback":
+            options["priority"] = URGENT
         if delay > 0:
             options["schedule_in"] = {"seconds": delay}
         try:
@@ -172,7 +177,7 @@ class Engine:
                 await app.job_manager.prune_stalled_workers(self.lease)
                 for job in await app.job_manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=self.lease):
                     try:
-                        await app.job_manager.retry_job(job)
+                        await app.job_manager.retry_job(job, priority=URGENT)
                         log.info("%s: claim of a replica gone silent handed back to the queue",
                                  job.task_kwargs.get("dbid", "?"))
                     except Exception:

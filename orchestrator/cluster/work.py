@@ -62,7 +62,9 @@ class TargetWork:
         if wanted:
             fleet.catch_up(config, target=dbid, skip=lambda name, _dbid: name not in wanted, workers=1,
                            should_stop=self.should_stop, on_result=result, slots=self.slots)
-        done = {b.set_id for b in results}
+        stopped = self.should_stop()
+        # Stopping: a set not started, or stopped between two migrations, goes back to the queue.
+        done = {b.set_id for b in results if not (stopped and b.state == "pending" and b.apply == "auto")}
         left = [name for name in wanted if name not in done]
         failing = [b.set_id for b in results if b.state in RETRY_STATES]
         if left:
