@@ -92,3 +92,25 @@ def test_catch_up_job_is_indexed_and_each_pod_takes_its_shard_from_the_completio
     assert job["template"]["spec"]["restartPolicy"] == "Never"
     config = _load_config(kinds["ConfigMap"], tmp_path)
     assert set(config.sets) == {"app", "cache"} and all(spec.folder.is_dir() for spec in config.sets.values())
+
+
+def test_the_cluster_config_loads_and_names_its_control_store(tmp_path: Path) -> None:
+    config = _load_config(by_kind("k8s-cluster.yaml")["ConfigMap"], tmp_path)
+    assert config.daemon.cluster is not None and config.daemon.cluster.lease == 30
+    assert config.daemon.cluster.store in config.databases
+    # the control store is not a migration target
+    assert all(config.daemon.cluster.store not in spec.targets for spec in config.sets.values())
+
+
+def test_compose_runs_three_replicas_of_one_program_on_one_control_store() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    replicas = [name for name in compose["services"] if name.startswith("orchestrator")]
+    assert replicas == ["orchestrator", "orchestrator-2", "orchestrator-3"]
+    services = compose["services"]
+    assert len({tuple(services[n]["command"]) for n in replicas}) == 1
+    assert len({tuple(services[n]["volumes"]) for n in replicas}) == 1
+    assert len({services[n]["ports"][0] for n in replicas}) == 3  # one status page each
+    assert "CREATE DATABASE orchestrator_control" in (DEPLOY / "initdb" / "control.sql").read_text()
+    config = config_module.load(DEPLOY / "config.json", env=ENV)
+    assert config.daemon.cluster is not None
+    assert config.databases[config.daemon.cluster.store].dbname == "orchestrator_control"  # type: ignore[union-attr]

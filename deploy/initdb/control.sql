@@ -1,0 +1,2 @@
+-- The control store of cluster mode: the replicas create its tables themselves.
+CREATE DATABASE orchestrator_control;
