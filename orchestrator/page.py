@@ -176,6 +176,9 @@ def _cell(binding: BindingStatus, notes: Mapping[str, Any], now: float, config: 
         lines.append(f'<div class="note">held by {e(binding.holder)}</div>')
     if binding.applied_now:
         lines.append(f'<div class="note">applied {len(binding.applied_now)} in last run</div>')
+    if notes.get("owner"):  # cluster mode: the replica that last worked on it, and when
+        stale = ", stale" if notes.get("stale") else ""
+        lines.append(f'<div class="note owner">by {e(notes["owner"])} at {e(str(notes.get("updated") or "?"))}{stale}</div>')
     if binding.drift and state != "drift":
         lines.append(f'<div class="note">also drifted: {len(binding.drift)} finding(s)</div>')
     problems = ([binding.error] if binding.error else []) + [d for d in binding.drift if d != binding.error]

@@ -136,6 +136,8 @@ def test_replicas_share_the_fleet_newcomers_take_work_and_every_replica_shows_th
         for b in doc["bindings"]:
             assert re.fullmatch(r".+ pid \d+", b["owner"]) and b["updated"].endswith("Z") and b["stale"] is False
             owners.add(b["owner"])
+        code, page = d.get("/")
+        assert code == 200 and page.count('class="note owner">by ') == len(targets)
         code, metrics = d.get("/metrics")
         assert code == 200
         states = re.findall(r'orchestrator_binding_state\{set="s",state="current",target="([^"]+)"\} 1\.0', metrics)
