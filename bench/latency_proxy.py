@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections import Counter
@@ -100,6 +101,7 @@ async def serve(upstreams: dict[str, tuple[str, int]], delay: float, host: str) 
     for server in servers.values():
         server.close()
     report()
+    os._exit(0)  # open relays die with the process, without asyncio's complaints about pending tasks
 
 
 def main() -> int:
