@@ -412,8 +412,9 @@ class MysqlTarget(SqlTarget):
     def _set_lock_timeouts(self, policy: LockPolicy, in_transaction: bool) -> None:
         # Session variables: set back with the others the migration changed when it ends.
         mariadb = "mariadb" in self.connection.get_server_info().lower()
-        for sql in mysql_settings(policy, mariadb):
-            self._execute(sql)
+        settings = [sql.removeprefix("SET ") for sql in mysql_settings(policy, mariadb)]
+        if settings:  # one statement, one round trip per migration
+            self._execute("SET " + ", ".join(settings))
 
     def _lock_wait_holder(self, exc: BaseException, statement: Statement | None) -> str:
         return mysql_blocker(self._execute)
