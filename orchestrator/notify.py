@@ -18,8 +18,6 @@ import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -148,6 +146,10 @@ class _Outbox:
                 self.cond.notify_all()
 
     def _post(self, body: bytes) -> str | None:
+        # Here, not at the top: urllib.request brings http.client and email in, on every command otherwise.
+        import urllib.error
+        import urllib.request
+
         headers = {"Content-Type": "application/json", "User-Agent": "orchestrator"}
         if self.hook.secret:
             headers["X-Orchestrator-Signature"] = sign(body, self.hook.secret)
@@ -172,7 +174,8 @@ class Notifier:
         self.delivered = 0
         self.undelivered = 0
         self._counter_lock = threading.Lock()
-        self._outboxes = [_Outbox(hook, self) for hook in hooks]
+        self.hooks = tuple(hooks)
+        self._outboxes = [_Outbox(hook, self) for hook in self.hooks]
 
     def __bool__(self) -> bool:
         return bool(self._outboxes)

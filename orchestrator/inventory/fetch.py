@@ -16,9 +16,6 @@ import math
 import os
 import sqlite3
 import subprocess
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +200,11 @@ def _command(source: Source, folder: Path) -> list[Row]:
 
 
 def _url(source: Source) -> list[Row]:
+    # Here, not at the top: urllib.request brings http.client and email in, on every command otherwise.
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
     url = source.url or ""
     parts = urllib.parse.urlsplit(url)
     shown = f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"  # no query, no userinfo
