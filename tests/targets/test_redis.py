@@ -238,6 +238,41 @@ def test_queue_time_error_aborts_the_whole_file_and_records_nothing(project: Any
     assert not keys(redis_prefix)
 
 
+
+def test_queue_time_errors_in_the_one_round_trip_script_apply_nothing(project: Any, redis_prefix: Any, orchestrator: Any) -> None:
+    """After a connection's first file, files run as one script: it checks each command as MULTI would before running any."""
+    p = redis_prefix["prefix"]
+    files = {"2024-01-01_00-00-00_first.redis": "SET {p}first 1\n",
+             "2024-01-02_00-00-00_bad.redis": "SET {p}a 1\n\nNOSUCHCOMMAND {p}c\nSET {p}d 4\n"}
+    config = setup_project(project, redis_prefix, files)
+    code, _, err = orchestrator("up", "all", config, "redis.r1", "s1")
+    assert code == 1
+    assert "s1/2024-01-02_00-00-00_bad.redis: statement 2 (line 3):" in err and "unknown command" in err, err
+    assert "nothing was applied" in err
+    assert keys(redis_prefix) == {f"{p}first", f"{p}migration:s1", f"{p}migration:s1:meta"}  # no 'a', no entry for bad
+    assert set(raw_client().hkeys(f"{p}migration:s1:meta")) == {"2024-01-01_00-00-00_first"}
+
+    project.write("s1", "2024-01-02_00-00-00_bad.redis", f"SET {p}a 1\nINCR\n")
+    code, _, err = orchestrator("up", "all", config, "redis.r1", "s1")
+    assert code == 1 and "statement 2 (line 2):" in err and "wrong number of arguments" in err, err
+    assert raw_client().get(f"{p}a") is None
+
+
+def test_a_command_no_script_may_run_takes_multi_exec_after_the_first_file(project: Any, redis_prefix: Any,
+                                                                          orchestrator: Any) -> None:
+    """XGROUP has subcommands, whose queue-time checks a script cannot repeat: that file runs in MULTI/EXEC."""
+    p = redis_prefix["prefix"]
+    files = {"2024-01-01_00-00-00_first.redis": "SET {p}first 1\n",
+             "2024-01-02_00-00-00_group.redis": "XGROUP CREATE {p}events workers $ MKSTREAM\nSET {p}after 1\n"}
+    config = setup_project(project, redis_prefix, files)
+    code, _, err = orchestrator("up", "all", config, "redis.r1", "s1")
+    assert code == 0, err
+    client = raw_client()
+    assert [g["name"] for g in client.xinfo_groups(f"{p}events")] == ["workers"] and client.get(f"{p}after") == "1"
+    assert set(client.hkeys(f"{p}migration:s1")) == {v.removesuffix(".redis") for v in files}
+    assert meta(redis_prefix, "2024-01-02_00-00-00_group")["status"] == "applied"
+
+
 def test_runtime_error_keeps_the_other_commands_and_blocks_the_set_until_resolved(project: Any, redis_prefix: Any,
                                                                                    orchestrator: Any) -> None:
     p = redis_prefix["prefix"]
