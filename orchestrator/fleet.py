@@ -39,8 +39,8 @@ from orchestrator.state import STATES, BindingStatus, FleetReport, SetInfo, asse
 if TYPE_CHECKING:
     from orchestrator.targets import Applied, LedgerRow, Target
 
-__all__ = ["STATES", "BindingStatus", "FleetReport", "Run", "catch_up", "plan", "prepare", "read_status", "shard_of",
-           "status"]
+__all__ = ["STATES", "BindingStatus", "FleetReport", "Run", "catch_up", "catch_up_target", "plan", "prepare",
+           "read_status", "shard_of", "status"]
 
 log = logging.getLogger("fleet")
 
@@ -387,3 +387,20 @@ def catch_up(config: Config | str | Path, set_name: str | None = None, target: s
                   config_name=config_name, slots=slots, servers=servers, allow=allow)
     return _fan_out(run, lambda r, dbid: _per_binding(
         r, dbid, False, lambda t, i, d: _catch_up_binding(r, t, i, d, lock_wait)), workers, "catch-up")
+
+
+def catch_up_target(config: Config, dbid: str, infos: list[SetInfo], on_result: OnResult | None = None,
+                    should_stop: Callable[[], bool] | None = None, lock_wait: float = defaults.LOCK_WAIT,
+                    slots: threading.Semaphore | None = None, servers: ServerSlots | None = None) -> list[BindingStatus]:
+    """Catch up one target's sets, in the given order, on one connection in the calling thread.
+
+    For callers that handle one target at a time (a cluster replica's job): the sets come
+    already read (``infos``, which the caller may keep across calls while their files stay
+    the same), and nothing walks the whole fleet or starts a pool, so the cost per target
+    is the target's own work. Otherwise as :func:`catch_up`.
+    """
+    run = Run(config, {info.spec.name: info for info in infos}, {dbid: [info.spec.name for info in infos]},
+              str(config.path.name), on_result=on_result, should_stop=should_stop, slots=slots,
+              servers=servers if servers is not None else ServerSlots(config.per_server))
+    return _in_slot(run, lambda r, d: _per_binding(
+        r, d, False, lambda t, i, drv: _catch_up_binding(r, t, i, drv, lock_wait)), dbid)

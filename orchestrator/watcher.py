@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Watcher"]
+__all__ = ["Watcher", "signature"]
 
 
-def _signature(folder: Path) -> tuple[tuple[str, int, int], ...] | None:
+def signature(folder: Path) -> tuple[tuple[str, int, int], ...] | None:
     """(name, size, mtime) of every entry of a set folder and of its migration folders; None when unreadable."""
     entries: list[tuple[str, int, int]] = []
     try:
@@ -56,7 +56,7 @@ class Watcher:
 
     def set_folders(self, folders: dict[str, Path]) -> None:
         """Watch these sets; a new or moved folder's current content is the baseline, not a change."""
-        fresh = {name: _signature(folder) for name, folder in folders.items() if self._folders.get(name) != folder}
+        fresh = {name: signature(folder) for name, folder in folders.items() if self._folders.get(name) != folder}
         with self._lock:
             for name in list(self._folders):
                 if name not in folders:
@@ -73,7 +73,7 @@ class Watcher:
             folders = list(self._folders.items())
         settled = []
         for name, folder in folders:
-            sig = _signature(folder)
+            sig = signature(folder)
             with self._lock:
                 if self._folders.get(name) != folder:
                     continue
@@ -95,7 +95,7 @@ class Watcher:
             folder = self._folders.get(name)
         if folder is None:
             return True
-        sig = _signature(folder)
+        sig = signature(folder)
         with self._lock:
             if sig != self._seen.get(name):
                 self._seen[name] = sig

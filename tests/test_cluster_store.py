@@ -46,9 +46,9 @@ def test_schema_steps_create_procrastinate_and_our_tables_once_even_from_replica
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results, key=len) == [[], [], [], [1, 2, 3, 4]]
+    assert sorted(results, key=len) == [[], [], [], [1, 2, 3, 4, 5]]
     assert rows(control_db, "SELECT step, name FROM orchestrator_control_schema ORDER BY step") == [
-        (1, "procrastinate job queue"), (2, "replicas"), (3, "fleet view"), (4, "queued set runs")]
+        (1, "procrastinate job queue"), (2, "replicas"), (3, "fleet view"), (4, "queued set runs"), (5, "job lock index")]
     tables = {r[0] for r in rows(control_db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"procrastinate_jobs", "procrastinate_workers", "orchestrator_replicas", "orchestrator_bindings",
             "orchestrator_set_runs"} <= tables
@@ -152,7 +152,7 @@ def test_work_is_queued_once_per_target_and_each_job_runs_once_on_one_of_two_wor
         assert sorted((d, s) for _, d, s in seen).count(("sqlite.t0", "s1,s2")) == 1
         assert overlap == []  # one worker at a time on a target
         status_doc = status.read(control_db, 3)
-        assert status_doc["queued"] == [] and status_doc["schema_steps"] == [1, 2, 3, 4]
+        assert status_doc["queued"] == [] and status_doc["schema_steps"] == [1, 2, 3, 4, 5]
     finally:
         for e in engines:
             e.stop()
@@ -266,3 +266,45 @@ def test_a_set_run_noticed_by_two_replicas_queues_each_target_once_and_the_view_
         ("sqlite.t0", "current", "other pid 1", False), ("sqlite.t1", "pending", modes[0].owner, False)]
     later = datetime.now(UTC) + timedelta(seconds=121)
     assert all(n["stale"] for _, n in modes[0].bindings(local, datetime.now(UTC), later))
+
+
+def test_a_set_run_queues_its_targets_in_batches_leaving_out_work_already_waiting(control_db: PostgresqlConfig) -> None:
+    from orchestrator.cluster.engine import BATCH
+
+    store.migrate(control_db)
+    engine = Engine(control_db, lambda *a: None, workers=1, lease=3, name="a")
+    try:
+        assert engine.enqueue("sqlite.t00005", ["s"], "change")
+        work = [(f"sqlite.t{i:05d}", ["s"]) for i in range(2 * BATCH + 7)]  # more than one batch
+        assert engine.enqueue_many(work, "start") == len(work) - 1
+        assert engine.enqueue_many(work, "schedule") == 0  # the same targets' work already waits
+        queued = rows(control_db, "SELECT args->>'dbid', lock, queueing_lock, priority FROM procrastinate_jobs"
+                                  " WHERE status = 'todo' ORDER BY id")
+        assert len(queued) == len(work)
+        assert all(lock == dbid and ql == f"{dbid}|s" and prio == 0 for dbid, lock, ql, prio in queued)
+        # a queue this deep got fresh statistics, so claims go through the job lock index
+        assert rows(control_db, "SELECT reltuples >= %s FROM pg_class WHERE relname = 'procrastinate_jobs'",
+                    len(work)) == [(True,)]
+        assert rows(control_db, "SELECT count(*) FROM pg_indexes WHERE indexname = 'orchestrator_jobs_lock_waiting'") \
+            == [(1,)]
+    finally:
+        engine.stop()
+
+
+def test_a_job_reads_its_set_once_and_again_when_a_file_changes_or_the_config_is_reloaded(
+        project: Any, tmp_path: Any) -> None:
+    target = project.add_target("sqlite", "a", {"path": str(tmp_path / "a.db")})
+    project.add_set("s", [target])
+    project.write("s", "001_t.sql", "CREATE TABLE t (x INTEGER);\n")
+    config = config_module.load(project.config)
+    work = TargetWork(lambda: config, lambda _: None, lambda *a: True, lambda: False)
+    assert [b.applied_now for b in work("sqlite.a", ["s"], "start", 0)] == [["001_t"]]
+    first = work.sets.get(config, "s")
+    assert work.sets.get(config, "s") is first  # nothing changed: the set as read before
+    project.write("s", "002_u.sql", "CREATE TABLE u (x INTEGER);\n")
+    assert [b.applied_now for b in work("sqlite.a", ["s"], "change", 0)] == [["002_u"]]
+    assert work.sets.get(config, "s") is not first
+    reloaded = config_module.load(project.config)
+    assert work.sets.get(reloaded, "s") is not work.sets.get(config, "s")
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        assert conn.execute("SELECT version FROM migration ORDER BY version").fetchall() == [("001_t",), ("002_u",)]

@@ -18,6 +18,8 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.cluster.control import QUEUE, TASK
@@ -36,6 +38,8 @@ Handler = Callable[[str, list[str], str, int], object]
 
 # Work handed back by a stopping replica or taken from a silent one goes before the rest of the queue.
 URGENT = 10
+BATCH = 500  # jobs deferred in one statement when a set's run queues its targets
+ANALYZE_AFTER = 200  # jobs queued at once after which the job table's statistics are refreshed
 
 
 def queueing_lock(dbid: str, sets: list[str]) -> str:
@@ -66,19 +70,66 @@ class Engine:
         """Queue one target's work; False when the same work already waits. :class:`StoreUnavailable` if cut off."""
         from procrastinate.exceptions import AlreadyEnqueued
 
-        app = self._deferrer()
-        options: dict[str, Any] = {"lock": dbid, "queueing_lock": queueing_lock(dbid, sets), "queue": QUEUE}
-        if reason == "handback":
-            options["priority"] = URGENT
-        if delay > 0:
-            options["schedule_in"] = {"seconds": delay}
+        job = self._job_for(dbid, sets, reason, attempt, delay)
         try:
-            app.configure_task(TASK, **options).defer(dbid=dbid, sets=sets, reason=reason, attempt=attempt)
+            self._deferrer().job_manager.defer_job(job)
         except AlreadyEnqueued:
             return False
         except Exception as exc:  # procrastinate's ConnectorException, psycopg and pool errors alike
-            raise StoreUnavailable(f"control store {self.db.dbid}: {redact(' '.join(str(exc).split()))}") from None
+            raise self._unavailable(exc) from None
         return True
+
+    def enqueue_many(self, work: list[tuple[str, list[str]]], reason: str) -> int:
+        """Queue many targets' work (dbid, sets) in a few round trips; returns how many were queued.
+
+        Work that already waits (same target and sets) is left out, as :meth:`enqueue` does:
+        the waiting jobs are read first, the rest deferred in batches. A batch that meets work
+        another replica queued meanwhile is deferred again one job at a time."""
+        from procrastinate.exceptions import AlreadyEnqueued
+
+        if not work:
+            return 0
+        queued = 0
+        try:
+            app = self._deferrer()
+            rows = app.connector.execute_query_all(
+                "SELECT queueing_lock FROM procrastinate_jobs WHERE status = 'todo' AND queueing_lock = ANY(%(locks)s)",
+                locks=[queueing_lock(dbid, sets) for dbid, sets in work])
+            waiting = {row["queueing_lock"] for row in rows}
+            jobs = [self._job_for(dbid, sets, reason) for dbid, sets in work if queueing_lock(dbid, sets) not in waiting]
+            for start in range(0, len(jobs), BATCH):
+                batch = jobs[start:start + BATCH]
+                try:
+                    app.job_manager.batch_defer_jobs(batch)
+                    queued += len(batch)
+                except AlreadyEnqueued:  # the whole batch is rolled back; the ones still missing go one by one
+                    for job in batch:
+                        try:
+                            app.job_manager.defer_job(job)
+                            queued += 1
+                        except AlreadyEnqueued:
+                            pass
+            if queued >= ANALYZE_AFTER:
+                # Fresh statistics let the planner take a claim by index (see store's job lock index);
+                # without them, claims from a queue this deep cost a scan each until autovacuum comes by.
+                try:
+                    app.connector.execute_query("ANALYZE procrastinate_jobs")
+                except Exception as exc:
+                    log.debug("ANALYZE procrastinate_jobs: %s", redact(str(exc)))
+        except Exception as exc:  # procrastinate's ConnectorException, psycopg and pool errors alike
+            raise self._unavailable(exc) from None
+        return queued
+
+    def _job_for(self, dbid: str, sets: list[str], reason: str, attempt: int = 0, delay: float = 0.0) -> Any:
+        from procrastinate.jobs import Job
+
+        return Job(id=None, queue=QUEUE, task_name=TASK, lock=dbid, queueing_lock=queueing_lock(dbid, sets),
+                   priority=URGENT if reason == "handback" else 0,
+                   scheduled_at=datetime.now(UTC) + timedelta(seconds=delay) if delay > 0 else None,
+                   task_kwargs={"dbid": dbid, "sets": list(sets), "reason": reason, "attempt": attempt})
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(f"control store {self.db.dbid}: {redact(' '.join(str(exc).split()))}")
 
     def _deferrer(self) -> Any:
         from procrastinate import App, SyncPsycopgConnector
@@ -146,6 +197,10 @@ class Engine:
                                      min_size=1, max_size=self.workers + 3, timeout=float(self.db.timeout))
         app = App(connector=connector)
         app.task(name=TASK, queue=QUEUE, pass_context=True)(self._job)
+        # Jobs are sync functions run on the loop's default executor, which has only cpu + 4 threads;
+        # give it one per concurrent job so daemon.workers jobs really run at once.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=self.workers + 2, thread_name_prefix="cluster-job"))
         async with app.open_async():
             worker = Worker(app, queues=[QUEUE], name=f"orchestrator {self.name}", concurrency=self.workers,
                             install_signal_handlers=False, update_heartbeat_interval=max(0.5, self.lease / 3),

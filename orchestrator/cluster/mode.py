@@ -95,15 +95,12 @@ class ClusterMode:
                 if not control.claim_set_run(conn, name, reason, window, self.owner):
                     log.debug("%s: run (%s) already queued by another replica", name, reason)
                     return 0
-        queued = 0
-        for dbid in dbids if dbids is not None else list(spec.targets):
-            if self.replica.engine.enqueue(dbid, [name], reason):
-                queued += 1
-        return queued
+        targets = dbids if dbids is not None else list(spec.targets)
+        return self.replica.engine.enqueue_many([(dbid, [name]) for dbid in targets], reason)
 
     def queue_targets(self, groups: dict[str, list[str]], reason: str) -> int:
         """Queue each target once with all its given sets (config order), as a catch-up runs them."""
-        return sum(1 for dbid, sets in groups.items() if self.replica.engine.enqueue(dbid, sets, reason))
+        return self.replica.engine.enqueue_many(list(groups.items()), reason)
 
     # -- the fleet view ----------------------------------------------------------------
 
@@ -130,6 +127,10 @@ class ClusterMode:
             out.append((binding, {"owner": owner, "updated": updated,
                                   "stale": control.is_stale(updated, now, spec.every)}))
         return out
+
+    def published(self) -> set[tuple[str, str]]:
+        """The (set, dbid) of every binding in the last fleet view read."""
+        return {(row["set"], row["target"]) for row in self.replica.view.rows}
 
     def view_error(self) -> str | None:
         """Why the fleet view is not fresh (the store is cut off), else None."""

@@ -129,6 +129,15 @@ CREATE TABLE orchestrator_set_runs (
 )"""
 
 
+# procrastinate's fetch rejects a job whose lock (here: the target) has an earlier job waiting or
+# running; its own indexes lead with id, so with N jobs queued each fetch compared every job
+# with every other (about 1.2 s per claim at 3,000 queued). An index on the lock makes that
+# check a lookup: a claim costs a few milliseconds however long the queue.
+_JOB_LOCKS = """
+CREATE INDEX IF NOT EXISTS orchestrator_jobs_lock_waiting ON procrastinate_jobs (lock)
+ WHERE status IN ('todo', 'doing')"""
+
+
 def _sql(text: str) -> Callable[[psycopg.Connection[Any]], None]:
     def step(conn: psycopg.Connection[Any]) -> None:
         conn.execute(text.encode())
@@ -142,6 +151,7 @@ STEPS: list[tuple[int, str, Callable[[psycopg.Connection[Any]], None]]] = [
     (2, "replicas", _sql(_REPLICAS)),
     (3, "fleet view", _sql(_BINDINGS)),
     (4, "queued set runs", _sql(_SET_RUNS)),
+    (5, "job lock index", _sql(_JOB_LOCKS)),
 ]
 
 

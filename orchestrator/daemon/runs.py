@@ -248,6 +248,31 @@ class Runs:
             return
         self.snapshot.put_report(report.bindings, self.clock())
 
+    def refresh_unpublished(self, published: Callable[[], set[tuple[str, str]]], chunk: int = 100) -> None:
+        """Cluster mode's first reading of the bindings no replica has published yet (the fleet view has the rest).
+
+        It runs beside the work, not before it: on one thread, from the end of the fleet while
+        the queue is worked from its start, a chunk at a time, each leaving out what got
+        published meanwhile, so a fresh cluster does not read its whole fleet once per replica."""
+        config = self.config
+        keys = [(spec.name, dbid) for spec, dbid in reversed(config.bindings())]
+        for start in range(0, len(keys), chunk):
+            if self._stopping.is_set():
+                return
+            done = published()
+            wanted = {key for key in keys[start:start + chunk] if key not in done}
+            if not wanted:
+                continue
+            def skip(set_name: str, dbid: str, wanted: set[tuple[str, str]] = wanted) -> bool:
+                return (set_name, dbid) not in wanted
+
+            try:
+                report = fleet.status(config, workers=1, slots=self.slots, skip=skip)
+            except OrchestratorError as exc:
+                log.error("first status read: %s", redact(str(exc)))
+                return
+            self.snapshot.put_report(report.bindings, self.clock())
+
     def commit(self, outcome: Outcome) -> None:
         """Fold a run's outcome into the snapshot (its bindings, the set's last run) and the metrics."""
         last: dict[str, Any] = {"at": iso(outcome.started), "reason": outcome.reason, "mode": outcome.mode,

@@ -141,8 +141,15 @@ class Daemon:
             self.cluster.start()  # the control store's schema, this replica's entry and its worker
             log.info("cluster mode: control store %s, lease %gs, replica %s", self.cluster.db.dbid,
                      self.cluster.lease, self.cluster.owner)
-        self.runs.refresh_all()
-        self.scheduling.start(config)
+        if self.cluster is None:
+            self.runs.refresh_all()
+            self.scheduling.start(config)
+        else:
+            # The start's work is queued first; the fleet view read at start stands in for the first
+            # status read, and this replica reads what the view lacks beside the work.
+            self.scheduling.start(config)
+            threading.Thread(target=self.runs.refresh_unpublished, args=(self.cluster.published,),
+                             name="orchestrator-first-read", daemon=True).start()
         self._watch_thread = threading.Thread(target=self._watch_loop, name="orchestrator-watch", daemon=True)
         self._watch_thread.start()
         if self.discovery.active:
