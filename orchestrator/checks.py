@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from orchestrator.state import SetInfo, one_line
 
 if TYPE_CHECKING:
     from orchestrator.config import Config
+    from orchestrator.lint import Finding
 
 __all__ = ["Validation", "validate", "validation"]
 
@@ -37,18 +38,25 @@ class Validation:
     sets: int = 0
     targets: int = 0
     wall_ms: int = 0
+    lint: list[Finding] = field(default_factory=list)  # the linter's findings: errors fail, warnings only show
+    offline: bool = False  # no ledger was read
+
+    @property
+    def lint_errors(self) -> int:
+        return sum(1 for f in self.lint if f.severity == "error")
 
     @property
     def exit_code(self) -> int:
         """A finding counts as a failed binding, a ledger not checked as an unreachable one (1 before 3, else 0)."""
-        codes = [exit_code_for_state("failed")] if self.findings else []
+        codes = [exit_code_for_state("failed")] if self.findings or self.lint_errors else []
         if self.unreachable:
             codes.append(exit_code_for_state("unreachable"))
         return worst_exit_code(codes)
 
     def to_json(self) -> dict[str, Any]:
         return {"command": "validate", "exit_code": self.exit_code, "sets": self.sets, "targets": self.targets,
-                "findings": list(self.findings), "unreachable": list(self.unreachable), "wall_ms": self.wall_ms}
+                "findings": list(self.findings), "unreachable": list(self.unreachable), "wall_ms": self.wall_ms,
+                "lint": [f.as_dict() for f in self.lint], "offline": self.offline}
 
 
 def _ignored_entries(info: SetInfo) -> list[str]:
@@ -108,14 +116,16 @@ def _check_set(info: SetInfo, drivers: dict[str, int]) -> list[str]:
 
 
 def validation(config: Config | str | Path, set_name: str | None = None, target: str | None = None,
-               workers: int | None = None, config_name: str | None = None) -> Validation:
-    """Check the selected sets' files and every reachable target's ledger against them; changes nothing.
+               workers: int | None = None, config_name: str | None = None, offline: bool = False) -> Validation:
+    """Check the selected sets' files (and lint them) and every reachable target's ledger against them; changes nothing.
 
-    ``config`` is a loaded Config or a path to config.json.
+    ``config`` is a loaded Config or a path to config.json. ``offline`` reads no ledger: no connection at all.
     """
+    from orchestrator.lint import engines_of, lint_set
+
     started = time.monotonic()
     run = prepare(config, set_name, target, config_name=config_name)
-    result = Validation([], [], sets=len(run.infos), targets=len(run.groups))
+    result = Validation([], [], sets=len(run.infos), targets=len(run.groups), offline=offline)
     for info in run.infos.values():
         drivers: dict[str, int] = {}
         for dbid, names in run.groups.items():
@@ -123,6 +133,11 @@ def validation(config: Config | str | Path, set_name: str | None = None, target:
                 driver = dbid.split(".", 1)[0]
                 drivers[driver] = drivers.get(driver, 0) + 1
         result.findings.extend(_check_set(info, drivers))
+        if info.mset is not None:
+            result.lint.extend(lint_set(info.mset, set(drivers) | engines_of(info.spec.patterns)))
+    if offline:
+        result.wall_ms = int((time.monotonic() - started) * 1000)
+        return result
     for b in read_status(run, workers).bindings:
         if b.set_error:
             continue  # already a finding of the set

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from orchestrator.state import utc
@@ -21,9 +21,10 @@ if TYPE_CHECKING:
     from orchestrator.checks import Validation
     from orchestrator.config import Config
     from orchestrator.inventory import Resolution
+    from orchestrator.lint import Finding
     from orchestrator.state import BindingStatus, FleetReport
 
-__all__ = ["binding_line", "progress", "report", "summary_line", "table_rows", "targets", "utc", "validation"]
+__all__ = ["binding_line", "lint", "lint_findings", "progress", "report", "summary_line", "table_rows", "targets", "utc", "validation"]
 
 log = logging.getLogger("fleet")
 
@@ -233,6 +234,26 @@ def report(result: FleetReport, stream: IO[str], as_json: bool = False) -> None:
     stream.flush()
 
 
+def lint_findings(findings: Sequence[Finding], stream: IO[str]) -> None:
+    """One line per lint finding, errors first, each in file and line order."""
+    for finding in sorted(findings, key=lambda f: (f.severity != "error", f.file, f.line, f.rule)):
+        stream.write(str(finding) + "\n")
+
+
+def lint(findings: Sequence[Finding], stream: IO[str], as_json: bool = False) -> None:
+    """``orchestrator lint``: the findings, then a summary line (JSON: an object with the findings and the exit code)."""
+    errors = sum(1 for f in findings if f.severity == "error")
+    if as_json:
+        stream.write(json.dumps({"command": "lint", "exit_code": 1 if errors else 0, "errors": errors,
+                                 "warnings": len(findings) - errors, "findings": [f.as_dict() for f in findings]},
+                                indent=2) + "\n")
+        return
+    lint_findings(findings, stream)
+    stream.write(f"lint: {errors} error{'s' if errors != 1 else ''}, {len(findings) - errors} "
+                 f"warning{'s' if len(findings) - errors != 1 else ''}\n")
+    stream.flush()
+
+
 def validation(result: Validation, stream: IO[str], as_json: bool = False) -> None:
     """Print validate's findings, one per line, then a summary."""
     if as_json:
@@ -240,11 +261,15 @@ def validation(result: Validation, stream: IO[str], as_json: bool = False) -> No
         return
     for line in result.findings:
         stream.write(line + "\n")
+    lint_findings(result.lint, stream)
     for line in result.unreachable:
         stream.write(line + "\n")
-    n = len(result.findings)
+    n = len(result.findings) + result.lint_errors
     verdict = "clean" if not n and not result.unreachable else f"{n} finding{'s' if n != 1 else ''}"
-    extra = f", {len(result.unreachable)} target ledger(s) not checked (unreachable)" if result.unreachable else ""
+    warnings = len(result.lint) - result.lint_errors
+    extra = f", {warnings} lint warning{'s' if warnings != 1 else ''}" if warnings else ""
+    extra += f", {len(result.unreachable)} target ledger(s) not checked (unreachable)" if result.unreachable else ""
+    extra += ", offline: no ledger read" if result.offline else ""
     stream.write(f"validate: {verdict} in {result.sets} set(s) and {result.targets} target(s){extra} "
                  f"({result.wall_ms / 1000:.2f} s)\n")
     stream.flush()

@@ -201,3 +201,65 @@ def test_realworld_widening_and_primary_key_swap_are_not_flagged():
 def test_test_data_files_have_no_error_findings(folder, engine):
     data = Path(__file__).resolve().parent / "data" / folder
     assert [str(f) for f in _lint_folder(data, engine) if f.severity == "error"] == []
+
+
+# --- the CLI: lint, validate (--offline) and plan ------------------------------------------------
+
+def _lint_project(project):
+    dbid = project.add_target("postgresql", "p1", {"ip": "192.0.2.1", "port": 5432, "user": "u", "dbname": "nowhere",
+                                                    "connection_timeout": 1})
+    project.add_set("s1", ["postgresql.*"])
+    project.write("s1", "001_create.sql", "CREATE TABLE t (a int);\nCREATE INDEX t_a ON t (a);\n")
+    project.write("s1", "002_index.sql", "CREATE INDEX t_a2 ON t (a);\n")
+    project.write("s1", "003_drop.sql", "ALTER TABLE t DROP COLUMN a;\n")
+    return dbid
+
+
+def test_lint_command_needs_no_database_and_exits_1_on_errors(project, orchestrator):
+    _lint_project(project)
+    code, out, err = orchestrator("lint", project.config)
+    assert code == 1, err
+    lines = out.splitlines()
+    assert lines[0].startswith("s1/002_index.sql:1: error index-not-concurrent: ")
+    assert lines[1].startswith("s1/003_drop.sql:1: warning drop-column: ")
+    assert lines[-1] == "lint: 1 error, 1 warning"
+    import json
+
+    code, out, _ = orchestrator("lint", project.config, "--set", "s1", "--json")
+    data = json.loads(out)
+    assert (code, data["exit_code"], data["errors"], data["warnings"]) == (1, 1, 1, 1)
+    assert data["findings"][0]["rule"] == "index-not-concurrent" and data["findings"][0]["line"] == 1
+
+
+def test_lint_warnings_alone_exit_0_and_waivers_apply(project, orchestrator):
+    _lint_project(project)
+    project.write("s1", "002_index.sql", "-- orchestrator: allow index-not-concurrent\nCREATE INDEX t_a2 ON t (a);\n")
+    code, out, _ = orchestrator("lint", project.config)
+    assert code == 0 and out.splitlines()[-1] == "lint: 0 errors, 1 warning"
+
+
+def test_lint_unknown_set_is_a_usage_error(project, orchestrator):
+    _lint_project(project)
+    code, _, err = orchestrator("lint", project.config, "--set", "nope")
+    assert code == 2 and "unknown set 'nope'" in err
+
+
+def test_validate_offline_connects_nowhere_and_reports_lint(project, orchestrator):
+    _lint_project(project)
+    code, out, err = orchestrator("validate", project.config, "--offline")
+    assert code == 1, err
+    assert "s1/002_index.sql:1: error index-not-concurrent" in out
+    assert out.splitlines()[-1].startswith("validate: 1 finding in 1 set(s) and 1 target(s), 1 lint warning, offline: no ledger read")
+    project.write("s1", "002_index.sql", "-- orchestrator: no-transaction\nCREATE INDEX CONCURRENTLY t_a2 ON t (a);\n")
+    code, out, err = orchestrator("validate", project.config, "--offline")
+    assert code == 0, out + err
+
+
+def test_plan_lists_the_lint_findings_after_the_plan(project, orchestrator, pg_db):
+    dbid = project.add_target("postgresql", "p1", pg_db)
+    project.add_set("s1", [dbid])
+    project.write("s1", "001_create.sql", "CREATE TABLE t (a int);\n")
+    project.write("s1", "002_index.sql", "CREATE INDEX t_a2 ON t (a);\n")
+    code, out, err = orchestrator("plan", project.config)
+    assert code == 0, err
+    assert "s1/002_index.sql:1: error index-not-concurrent" in out

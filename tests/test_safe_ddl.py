@@ -16,6 +16,22 @@ from tests.conftest import mysql_connect, pg_connect
 from tests.test_locktimeout import Reader
 
 
+class _NoBindings:
+    def rows(self):
+        return []
+
+    def ready(self):
+        return True, ""
+
+
+def _metric(name: str) -> float:
+    """A counter's value on the daemon's /metrics body."""
+    from orchestrator.daemon.metrics import Metrics
+
+    body = Metrics(_NoBindings()).render()[0].decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(name + " "))
+
+
 def _retries(engine: str) -> int:
     return int(COUNTERS.snapshot()["lock_retries"].get(engine, 0))
 
@@ -60,6 +76,8 @@ def test_postgresql_migration_retries_behind_a_blocker_then_applies(project, orc
         assert reader.count > 5 and reader.longest < 0.3 + 0.5
         assert _pg_columns(setup) == ["id", "x"]
         assert setup.execute("SELECT version FROM public.migration").fetchall() == [("001_alter",)]
+        assert _metric('orchestrator_lock_retries_total{engine="postgresql"}') >= 1
+        assert _metric('orchestrator_lock_wait_seconds_total{engine="postgresql"}') > 0
     finally:
         for conn in (setup, blocker, reader_conn):
             conn.close()

@@ -37,6 +37,7 @@ class Metrics:
                               "Scheduler events: missed runs, runs skipped as still running, job errors.",
                               ["event"], registry=self.registry)
         self.registry.register(_SnapshotCollector(source))
+        self.registry.register(_LockCollector())
         self.undelivered = Gauge("orchestrator_notifications_undelivered",
                                  "Webhook events given up on (receiver down past the retries, or queue full) since start.",
                                  registry=self.registry)
@@ -52,6 +53,32 @@ class Metrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _LockCollector:
+    """Lock timeouts, retries and time spent waiting for locks, per engine, from :data:`orchestrator.locktimeout.COUNTERS`."""
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        from orchestrator.locktimeout import COUNTERS
+
+        counts = COUNTERS.snapshot()
+        families = []
+        for key, name, text in (
+                ("lock_timeouts", "orchestrator_lock_timeouts", "Migration attempts that timed out waiting for a lock."),
+                ("lock_retries", "orchestrator_lock_retries", "Attempts run again after a lock timeout."),
+                ("lock_retries_exhausted", "orchestrator_lock_retries_exhausted",
+                 "Migrations failed after their last lock-timeout retry."),
+                ("lock_wait_seconds", "orchestrator_lock_wait_seconds", "Seconds migrations spent waiting for locks that timed out.")):
+            family = CounterMetricFamily(name, text, labels=["engine"])
+            for engine, value in sorted(counts[key].items()):
+                family.add_metric([engine], float(value))
+            families.append(family)
+        return families
 
 
 class _SnapshotCollector:

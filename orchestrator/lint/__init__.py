@@ -17,9 +17,13 @@ from orchestrator import directives
 from orchestrator.lint.rules import RULES, Finding, Hit, Rule
 
 if TYPE_CHECKING:
+    from orchestrator.config import Config
     from orchestrator.sets import MigrationSet, Script
 
-__all__ = ["RULES", "Finding", "Rule", "SetMemory", "exit_code", "lint_script", "lint_set", "lint_text"]
+__all__ = ["ENGINES", "RULES", "Finding", "Rule", "SetMemory", "engines_of", "exit_code", "lint_config", "lint_script",
+           "lint_set", "lint_text"]
+
+ENGINES = ("postgresql", "mysql", "sqlite", "redis")
 
 
 class SetMemory:
@@ -108,7 +112,7 @@ def lint_set(migration_set: MigrationSet, engines: Iterable[str]) -> list[Findin
     A file an engine has no script for is skipped here (validate reports it);
     SetError for an unreadable file propagates.
     """
-    from orchestrator.errors import SetError
+    from orchestrator.errors import MigrationError, SetError
 
     engines = sorted(set(engines))
     memories = {engine: SetMemory() for engine in engines}
@@ -120,11 +124,28 @@ def lint_set(migration_set: MigrationSet, engines: Iterable[str]) -> list[Findin
         for engine in engines:
             try:
                 script = migration.script_for(engine)
-            except SetError:
-                continue
-            for finding in lint_script(script, engine, memories[engine]):
+                found = lint_script(script, engine, memories[engine])
+            except (MigrationError, SetError):
+                continue  # no file for this engine, or an unreadable one: validate names it
+            for finding in found:
                 findings.setdefault((finding.file, finding.line, finding.rule), finding)
     return list(findings.values())
+
+
+def engines_of(patterns: Iterable[str]) -> set[str]:
+    """The engines a set's target patterns and dbids name (``postgresql.*`` -> postgresql); no database needed."""
+    return {p.split(".", 1)[0] for p in patterns} & set(ENGINES)
+
+
+def lint_config(config: Config, set_name: str | None = None) -> list[Finding]:
+    """Findings for every set of a loaded config (or one), for the engines bound to it; SetError for an unreadable set."""
+    from orchestrator.sets import discover
+
+    findings: list[Finding] = []
+    for spec in config.sets.values():
+        if set_name is None or spec.name == set_name:
+            findings += lint_set(discover(spec.name, spec.folder), engines_of((*spec.patterns, *spec.targets)))
+    return findings
 
 
 def exit_code(findings: Iterable[Finding]) -> int:
