@@ -24,9 +24,10 @@ from orchestrator import defaults, fleet
 from orchestrator.config import Config, load
 from orchestrator.notify import Notifier, Once, event
 from orchestrator.rollout import Budget, FailureBudget, Gate, RolloutPlan, TargetView, plan
+from orchestrator.serverslots import ServerSlots
 from orchestrator.state import BindingStatus, FleetReport
 
-__all__ = ["catch_up", "gated_sets", "mark", "plans_for", "status"]
+__all__ = ["catch_up", "catch_up_notifying", "gated_sets", "mark", "plans_for", "status"]
 
 log = logging.getLogger("fleet")
 
@@ -80,6 +81,7 @@ def mark(b: BindingStatus, gate: Gate) -> None:
 
 
 def _mark_all(report: FleetReport, plans: dict[str, RolloutPlan]) -> None:
+    report.rollouts = {name: p.summary() for name, p in plans.items()}
     for b in report.bindings:
         p = plans.get(b.set_id)
         gate = p.gates.get(b.dbid) if p is not None else None
@@ -133,19 +135,26 @@ class _Rollout:
 
     def allow(self, set_id: str, dbid: str, pending: Sequence[str]) -> list[str]:
         """What a binding may start now: its gate, cut at the first version its wave's failures stopped."""
-        gate = self.gate((set_id, dbid))
+        if set_id not in self.plans:
+            return list(pending)
+        out = self._effective((set_id, dbid), warn=True)
+        self.offered[(set_id, dbid)] = out
+        return [v for v in pending if v in out]
+
+    def _effective(self, key: Key, warn: bool = False) -> tuple[str, ...]:
+        gate = self.gate(key)
         if gate is None:
-            return list(pending) if set_id not in self.plans else []
-        budget = self.budgets[set_id]
-        out = []
+            return ()
+        budget = self.budgets[key[0]]
+        out: list[str] = []
         for version in gate.allowed:
-            if not budget.may_start(dbid, version):
-                log.warning("%s/%s: not starting %s: too many targets of wave %s failed it in this run", dbid, set_id,
-                            version, gate.wave)
+            if not budget.may_start(key[1], version):
+                if warn:
+                    log.warning("%s/%s: not starting %s: too many targets of wave %s failed it in this run", key[1],
+                                key[0], version, gate.wave)
                 break
             out.append(version)
-        self.offered[(set_id, dbid)] = tuple(out)
-        return [v for v in pending if v in out]
+        return tuple(out)
 
     def record(self, b: BindingStatus) -> None:
         """A binding's result: the next plan sees it; a failure counts against its wave's budget."""
@@ -168,10 +177,10 @@ class _Rollout:
         """Bindings of gated sets with work the gate did not offer them before (a wave just opened)."""
         out = set()
         for key in selected:
-            gate = self.gate(key)
-            if gate is None or key in self.failed or not gate.allowed:
+            if key in self.failed:
                 continue
-            if tuple(gate.allowed) != self.offered.get(key, ()):
+            now = self._effective(key)
+            if now and now != self.offered.get(key, ()):
                 out.add(key)
         return out
 
@@ -191,23 +200,25 @@ def catch_up(config: Config | str | Path, set_name: str | None = None, target: s
              on_result: Callable[[BindingStatus], None] | None = None, should_stop: Callable[[], bool] | None = None,
              skip: Callable[[str, str], bool] | None = None, lock_wait: float = defaults.LOCK_WAIT,
              config_name: str | None = None, slots: threading.Semaphore | None = None, wait: bool = False,
-             notifier: Notifier | None = None, notices: Once | None = None,
-             sleep: Callable[[float], None] = time.sleep) -> FleetReport:
+             notifier: Notifier | None = None, notices: Once | None = None, servers: ServerSlots | None = None,
+             finished: str = "always", sleep: Callable[[float], None] = time.sleep) -> FleetReport:
     """``fleet.catch_up`` through the sets' rollouts: wave after wave, as far as the gates allow now.
 
     With ``wait``, the run sleeps through soak times until everything is applied or
     the rollout is stopped by failures (or ``should_stop`` says so). A binding that
-    failed in this run is not tried again by it.
+    failed in this run is not tried again by it. ``notifier`` gets the run's events
+    (``notices`` remembers what was sent, across runs in the daemon); ``finished`` is
+    ``always`` (one run.finished per run) or ``changes`` (only when something was applied or failed).
     """
     started = time.monotonic()
     config = config if isinstance(config, Config) else load(config)
     notices = notices if notices is not None else Once()
     sets = gated_sets(config, set_name)
     common: dict[str, Any] = {"workers": workers, "shard": shard, "should_stop": should_stop, "lock_wait": lock_wait,
-                              "config_name": config_name, "slots": slots}
+                              "config_name": config_name, "slots": slots, "servers": servers}
     if not sets:
         report = fleet.catch_up(config, set_name, target, on_result=on_result, skip=skip, **common)
-        _notify(notifier, notices, report, {}, set_name)
+        _notify(notifier, notices, report, {}, set_name, finished)
         return report
     state = _Rollout(config, sets, _read_all(config, sets, workers, slots))
     results: dict[Key, BindingStatus] = {}
@@ -248,12 +259,23 @@ def catch_up(config: Config | str | Path, set_name: str | None = None, target: s
     final = FleetReport([results[k] for k in sorted(results, key=lambda k: order.get(k, 0))],
                         int((time.monotonic() - started) * 1000), "catch-up")
     _mark_all(final, state.plans)
-    _notify(notifier, notices, final, state.plans, set_name)
+    _notify(notifier, notices, final, state.plans, set_name, finished)
     return final
 
 
+def catch_up_notifying(config: Config | str | Path, *args: Any, **kw: Any) -> FleetReport:
+    """:func:`catch_up` with the config's webhooks; at the end, queued events get ``defaults.NOTIFY_FLUSH`` seconds
+    (a dead receiver costs at most that, said in one line)."""
+    config = config if isinstance(config, Config) else load(config)
+    notifier = Notifier(config.notify)
+    try:
+        return catch_up(config, *args, **{**kw, "notifier": notifier})
+    finally:
+        notifier.close(wait=defaults.NOTIFY_FLUSH)
+
+
 def _notify(notifier: Notifier | None, notices: Once, report: FleetReport, plans: dict[str, RolloutPlan],
-            set_name: str | None, finished: bool = True) -> None:
+            set_name: str | None, finished: str) -> None:
     """binding.failed once per new failure, rollout.held once per newly held wave and version, run.finished."""
     if notifier is None or not notifier:
         return
@@ -272,8 +294,8 @@ def _notify(notifier: Notifier | None, notices: Once, report: FleetReport, plans
             if notices.first(("held", name, w.name, w.version)):
                 notifier.send(event("rollout.held", name, None, w.version, "held", w.reason, wave=w.name,
                                     text=f"orchestrator: set {name}: wave {w.name} held at {w.version}: {w.reason}"))
-    if finished:
-        counts = report.counts()
+    counts = report.counts()
+    if finished == "always" or counts["migrations_applied"] or counts["failed"]:
         notifier.send(event("run.finished", set_name, None, None, "failed" if report.exit_code else "ok", None,
                             text=f"orchestrator {report.command}: {len(report.targets)} targets, "
                                  f"{counts['migrations_applied']} migrations applied, {counts['failed']} failed, "
