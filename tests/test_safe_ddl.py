@@ -195,3 +195,54 @@ def test_mysql_blocker_that_never_lets_go_records_the_failure_at_its_statement(p
     finally:
         blocker.close()
         setup.close()
+
+
+def test_statement_timeout_bounds_one_statement_on_postgresql(project, orchestrator, pg_db):
+    dbid = project.add_target("postgresql", "p1", {**pg_db, "statement_timeout": "300ms"})
+    project.add_set("s1", [dbid])
+    project.write("s1", "001_slow.sql", "CREATE TABLE a (x int);\nSELECT pg_sleep(3);\n")
+    started = time.monotonic()
+    code, _, err = orchestrator("up", "all", project.config, dbid, "s1")
+    assert code == 1 and time.monotonic() - started < 3
+    assert "statement 2 (line 2): canceling statement due to statement timeout" in err
+    assert "attempt" not in err  # a statement timeout is not a lock timeout: never retried
+    with pg_connect(pg_db["dbname"]) as conn:
+        assert conn.execute("SELECT to_regclass('a')").fetchone()[0] is None
+
+
+def test_statement_timeout_bounds_one_statement_on_mariadb(project, orchestrator, mysql_db):
+    dbid = project.add_target("mysql", "m1", mysql_db)
+    project.add_set("s1", [dbid])
+    config = project.config
+    import json
+
+    data = json.loads(config.read_text())
+    data["migrations"]["statement_timeout"] = "500ms"  # the migrations-wide default this time
+    config.write_text(json.dumps(data))
+    with mysql_connect(mysql_db["dbname"]) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE a (x int)")
+        cur.execute("INSERT INTO a VALUES (1)")
+    project.write("s1", "001_slow.sql", "SELECT SLEEP(3) FROM a;\nINSERT INTO a VALUES (2);\n")
+    started = time.monotonic()
+    code, _, err = orchestrator("up", "all", config, dbid, "s1")
+    assert time.monotonic() - started < 3
+    assert code == 1 and "statement 1 (line 1): error 1969" in err, err
+    with mysql_connect(mysql_db["dbname"]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT x FROM a")
+        assert cur.fetchall() == ((1,),)
+
+
+def test_mysql_online_alter_makes_the_server_refuse_a_copying_alter(project, orchestrator, mysql_db):
+    dbid = project.add_target("mysql", "m1", {**mysql_db, "online_alter": True})
+    project.add_set("s1", [dbid])
+    with mysql_connect(mysql_db["dbname"]) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (a INT) ENGINE=InnoDB")
+    project.write("s1", "001_add.sql", "ALTER TABLE t ADD COLUMN c INT;\n")
+    project.write("s1", "002_modify.sql", "ALTER TABLE t MODIFY a BIGINT;\n")
+    code, _, err = orchestrator("up", "all", project.config, dbid, "s1")
+    assert code == 1 and "s1/002_modify.sql: statement 1 (line 1): error 1846: ALGORITHM=INPLACE is not supported" in err, err
+    with mysql_connect(mysql_db["dbname"]) as conn, conn.cursor() as cur:
+        cur.execute("SHOW COLUMNS FROM t")
+        assert [(r[0], r[1]) for r in cur.fetchall()] == [("a", "int(11)"), ("c", "int(11)")]
+        cur.execute("SELECT version, status FROM migration ORDER BY version")
+        assert cur.fetchall() == (("001_add", "applied"), ("002_modify", "failed"))
