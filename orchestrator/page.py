@@ -181,6 +181,11 @@ def _cell(binding: BindingStatus, notes: Mapping[str, Any], now: float, config: 
         lines.append(f'<div class="note owner">by {e(notes["owner"])} at {e(str(notes.get("updated") or "?"))}{stale}</div>')
     if binding.drift and state != "drift":
         lines.append(f'<div class="note">also drifted: {len(binding.drift)} finding(s)</div>')
+    if binding.held:  # a rollout holds it back: the wave and why (waiting for a wave, or a soak)
+        lines.append(f'<div class="note">wave {e(binding.wave or "?")}: {len(binding.held)} held: '
+                     f'{e(binding.hold_reason or "rollout")}</div>')
+    if binding.capped:
+        lines.append(f'<div class="note">{len(binding.capped)} capped (until or pin)</div>')
     problems = ([binding.error] if binding.error else []) + [d for d in binding.drift if d != binding.error]
     lines.extend(_problem(binding, problem, config) for problem in problems)
     if _resolve_only(binding):

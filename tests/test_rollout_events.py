@@ -128,6 +128,7 @@ def test_daemon_sighup_raises_a_cap(project: Any, daemons: Any) -> None:
     assert versions(project.root / "a.db") == [V1]
     assert daemon.binding("s1", "sqlite.a")["capped"] == [V2]
     assert 'orchestrator_binding_state{set="s1",state="capped",target="sqlite.a"} 1.0' in daemon.get("/metrics")[1]
+    assert "1 capped (until or pin)" in daemon.get("/")[1]
     project.sets["s1"].pop("until")
     project.config  # rewrites config.json without the cap
     daemon.send(signal.SIGHUP)
