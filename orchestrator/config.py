@@ -407,7 +407,8 @@ def _build(path: Path, name: str, raw: _File) -> Config:
         for i, entry in enumerate(getattr(raw.databases, driver)):
             if entry.dbid in databases:
                 raise ConfigError(f"{name}: databases.{driver}[{i}].host_id: duplicate host_id {entry.host_id!r}")
-            if not isinstance(entry, RedisConfig):  # Redis never waits for a lock: MULTI/EXEC
+            # Redis never waits for a lock (MULTI/EXEC); SQLite retries only where its entry or a file asks.
+            if not isinstance(entry, (RedisConfig, SqliteConfig)):
                 for setting in ("lock_timeout", "lock_retries", "statement_timeout"):
                     if getattr(entry, setting) is None:
                         setattr(entry, setting, getattr(raw.migrations, setting))

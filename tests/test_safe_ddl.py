@@ -246,3 +246,65 @@ def test_mysql_online_alter_makes_the_server_refuse_a_copying_alter(project, orc
         assert [(r[0], r[1]) for r in cur.fetchall()] == [("a", "int(11)"), ("c", "int(11)")]
         cur.execute("SELECT version, status FROM migration ORDER BY version")
         assert cur.fetchall() == (("001_add", "applied"), ("002_modify", "failed"))
+
+
+def _sqlite_columns(path):
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        return [r[1] for r in conn.execute("PRAGMA table_info(t)")]
+
+
+def _sqlite_writer(project, orchestrator, dbid, path):
+    """Create t and the ledger through a first run, then let another writer hold the write lock."""
+    import sqlite3
+
+    project.write("s1", "000_create.sql", "CREATE TABLE t (id int);\n")
+    code, _, err = orchestrator("up", "all", project.config, dbid, "s1")
+    assert code == 0, err
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+    writer.execute("INSERT INTO t VALUES (1)")
+    return writer
+
+
+def test_sqlite_writer_holding_the_lock_is_retried_then_the_migration_applies(project, orchestrator, sqlite_db):
+    import sqlite3
+
+    dbid = project.add_target("sqlite", "l1", {**sqlite_db, "lock_timeout": "200ms", "lock_retries": 5})
+    project.add_set("s1", [dbid])
+    writer = _sqlite_writer(project, orchestrator, dbid, sqlite_db["path"])
+    project.write("s1", "001_alter.sql", "ALTER TABLE t ADD COLUMN x int;\n")
+    reader_conn = sqlite3.connect(sqlite_db["path"], isolation_level=None, check_same_thread=False)
+    reader = Reader(lambda: reader_conn.execute("SELECT count(*) FROM t").fetchone())
+    reader.start()
+    committer = _commit_after_first_retry("sqlite", lambda: writer.execute("COMMIT"))
+    code, _, err = orchestrator("up", "all", project.config, dbid, "s1")
+    reader.stop.set()
+    reader.join()
+    committer.join()
+    writer.close()
+    reader_conn.close()
+    assert code == 0, err
+    assert "lock timeout (200ms) on attempt 1 of 6 (waiting for the write lock held by another connection)" in err
+    assert reader.longest < 0.2 + 0.5
+    assert _sqlite_columns(sqlite_db["path"]) == ["id", "x"]
+
+
+def test_sqlite_writer_that_never_lets_go_fails_the_migration_and_records_nothing(project, orchestrator, sqlite_db):
+    import sqlite3
+
+    dbid = project.add_target("sqlite", "l1", sqlite_db)
+    project.add_set("s1", [dbid])
+    writer = _sqlite_writer(project, orchestrator, dbid, sqlite_db["path"])
+    project.write("s1", "001_alter.sql", "-- orchestrator: lock-timeout=200ms lock-retries=1\nALTER TABLE t ADD COLUMN x int;\n")
+    try:
+        code, _, err = orchestrator("up", "all", project.config, dbid, "s1")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert code == 1
+    assert "s1/001_alter.sql: lock timeout after 2 attempts (waiting for the write lock held by another connection)" in err
+    assert _sqlite_columns(sqlite_db["path"]) == ["id"]
+    with sqlite3.connect(sqlite_db["path"]) as conn:
+        assert conn.execute("SELECT version FROM migration").fetchall() == [("000_create",)]

@@ -14,6 +14,7 @@ and never create it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -24,7 +25,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import defaults
 from orchestrator.errors import LockHeld, MigrationError, TargetUnreachable
+from orchestrator.locktimeout import LockPolicy, LockTimedOut
 from orchestrator.sqlsplit import Statement, split
 from orchestrator.targets import Applied, runner_identity
 from orchestrator.targets._sql import SqlTarget
@@ -184,8 +187,42 @@ class SqliteTarget(SqlTarget):
                 self._restore_synchronous(synchronous)
 
     def _apply_in_transaction(self, script: Script, checksum: str, up: Any) -> Applied | None:
+        policy = self._write_lock_policy(script)
+        if policy is None:
+            return self._apply_in_transaction_once(script, checksum, up)
+
+        def attempt(number: int) -> Applied | None:
+            try:
+                return self._apply_in_transaction_once(script, checksum, up)
+            except LockHeld as exc:  # the write lock stayed taken for the whole lock timeout
+                raise LockTimedOut(None, exc) from None
+
+        self.connection.execute(f"PRAGMA busy_timeout = {math.ceil(policy.timeout * 1000)}")
+        try:
+            return self._with_lock_retries(script, policy, attempt)
+        finally:
+            self.connection.execute(f"PRAGMA busy_timeout = {int(self.db.busy_timeout)}")
+
+    def _apply_in_transaction_once(self, script: Script, checksum: str, up: Any) -> Applied | None:
         applied = self._apply_as_one_script(script)
         return super()._apply_in_transaction(script, checksum, up) if applied is _STATEMENT_BY_STATEMENT else applied
+
+    def _write_lock_policy(self, script: Script) -> LockPolicy | None:
+        """Retries for the write lock, when the entry (lock_timeout, lock_retries) or the file asks for them.
+
+        Otherwise the write lock is waited for busy_timeout once and a busy database is
+        reported locked, as before: a waiting SQLite writer does not queue readers.
+        """
+        found = script.directives
+        timeout = found.lock_timeout if found.lock_timeout is not None else self.db.lock_timeout
+        retries = found.lock_retries if found.lock_retries is not None else self.db.lock_retries
+        if (timeout is None and retries is None) or timeout == 0:
+            return None
+        return LockPolicy(self.db.busy_timeout / 1000 if timeout is None else timeout,
+                          defaults.LOCK_RETRIES if retries is None else retries)
+
+    def _lock_wait_holder(self, exc: BaseException, statement: Statement | None) -> str:
+        return "waiting for the write lock held by another connection"
 
     def _restore_synchronous(self, value: int) -> None:
         try:
