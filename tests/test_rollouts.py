@@ -236,3 +236,40 @@ def test_per_server_caps_sessions_on_one_server(project: Any, orchestrator: Any)
         with pg_connect() as conn:
             for name in names:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_waves_over_discovered_targets(project: Any, orchestrator: Any) -> None:
+    """Targets a glob inventory source finds are split into waves (canary glob, percent, rest) like static ones."""
+    db = project.root / "db"
+    db.mkdir()
+    names = [f"c{i}" for i in range(3)] + [f"t{i:02d}" for i in range(20)]
+    for name in names:
+        sqlite3.connect(db / f"{name}.db").close()
+    project.extra["inventory"] = [{"name": "files", "glob": "db/*.db"}]
+    project.add_set("s1", ["sqlite.*"], rollout={"waves": [{"name": "canary", "targets": ["sqlite.c*"]},
+                                                           {"name": "early", "percent": 25}, {"name": "rest"}]})
+    project.write("s1", f"{V1}.sql", "CREATE TABLE base_t (id int);\n")
+    code, _, _ = orchestrator("catch-up", project.config)
+    assert code == 0
+    assert all(V1 in sqlite_versions(str(db / f"{n}.db")) for n in names)
+    waves = by_target(status_json(orchestrator, project.config))
+    assert {d: b["wave"] for d, b in waves.items() if b["wave"] == "canary"} == dict.fromkeys(
+        ["sqlite.c0", "sqlite.c1", "sqlite.c2"], "canary")
+    assert sum(1 for b in waves.values() if b["wave"] == "early") == 6  # 25% of all 23, rounded up
+    assert sum(1 for b in waves.values() if b["wave"] == "rest") == 14
+    # V2 fails on one canary (no budget): the later waves are held, their files untouched.
+    with sqlite3.connect(db / "c1.db") as conn:
+        conn.execute("CREATE TABLE x_t (id int)")
+    project.write("s1", f"{V2}.sql", "CREATE TABLE x_t (id int);\n")
+    later = [n for n in names if not n.startswith("c")]
+    before = {n: (db / f"{n}.db").read_bytes() for n in later}
+    code, out, _ = orchestrator("catch-up", project.config, "--json", "--workers", "1")
+    assert code == 1
+    run = by_target(json.loads(out))
+    assert (run["sqlite.c1"]["state"], run["sqlite.c1"]["failed_version"]) == ("failed", V2)
+    assert {n: (db / f"{n}.db").read_bytes() for n in later} == before
+    report = status_json(orchestrator, project.config)
+    held = by_target(report)
+    assert all(held[f"sqlite.{n}"]["state"] == "held" for n in later)
+    assert held["sqlite.t00"]["hold_reason"].startswith("waiting for wave canary: ")
+    assert all(V2 not in sqlite_versions(str(db / f"{n}.db")) for n in later)
