@@ -11,7 +11,7 @@ import fnmatch
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, WithJsonSchema, model_validator
 
 from orchestrator.durations import parse_duration
 from orchestrator.errors import ConfigError
@@ -28,7 +28,13 @@ def _seconds(value: Any) -> Any:
     return parse_duration(value) if isinstance(value, str) else value
 
 
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
+# The schemas say what the file may hold: seconds or text such as "10m"; a count or text such as "2%".
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0),
+                    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0},
+                                              {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?(ms|s|m|h|d)\s*)+$"}]})]
+BudgetValue = Annotated[Budget, BeforeValidator(lambda v: v if isinstance(v, Budget) else parse_budget(v)),
+                        WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0},
+                                                  {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*%|\d+)\s*$"}]})]
 
 
 class _Strict(BaseModel):
@@ -51,7 +57,7 @@ class RolloutEntry(_Strict):
     """``migrations.sets.<name>.rollout``."""
 
     waves: list[_WaveEntry] = []
-    max_failures: Annotated[Budget, BeforeValidator(lambda v: v if isinstance(v, Budget) else parse_budget(v))] = Budget()
+    max_failures: BudgetValue = Field(default=Budget(), json_schema_extra={"default": 0})
     soak: Seconds = 0.0
 
 
