@@ -309,3 +309,26 @@ def test_cluster_status_without_a_store_in_the_config_is_a_usage_error(project: 
     project.add_set("s", [project.add_target("sqlite", "a", {"path": str(tmp_path / "a.db")})])
     code, out, err = orchestrator("cluster", "status", project.config)
     assert code == 2 and "daemon.cluster" in err and "Traceback" not in err, err
+
+
+def test_a_gated_set_is_refused_in_cluster_mode_not_ignored(project: Any, control_db: Any, tmp_path: Path,
+                                                            orchestrator: Any) -> None:
+    """Cluster jobs do not go through the rollout gate: a set with a rollout, until or pins is a config error there."""
+    from orchestrator.config import load
+    from orchestrator.daemon.service import Daemon
+
+    targets = cluster_project(project, control_db, tmp_path, 2, {}, seconds=0)
+    daemon = Daemon(load(project.config))  # without a rollout: accepted
+    project.sets["s"]["rollout"] = {"waves": [{"name": "canary", "targets": [targets[0]]}]}
+    code, _, err = orchestrator("daemon", project.config)
+    errors = [line for line in err.splitlines() if "| ERROR |" in line]
+    assert code == 2 and "Traceback" not in err, err
+    assert len(errors) == 1 and "migrations.sets.s.rollout: not supported with daemon.cluster" in errors[0], err
+    assert not (tmp_path / "f000.db").exists() and not (tmp_path / "f001.db").exists()  # nothing ran
+    # A running replica keeps its configuration when a reload brings a gated set in.
+    assert daemon.reload() is False
+    assert "migrations.sets.s.rollout: not supported" in daemon.snapshot.info()["reload"]["error"]
+    project.sets["s"].pop("rollout")
+    project.sets["s"]["pins"] = {targets[1]: "001_slow"}
+    code, _, err = orchestrator("daemon", project.config)
+    assert code == 2 and "migrations.sets.s.pins: not supported with daemon.cluster" in err, err

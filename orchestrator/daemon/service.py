@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from orchestrator.config import Config
     from orchestrator.state import BindingStatus
 
-__all__ = ["Daemon", "command", "parse_shard", "run_once"]
+__all__ = ["Daemon", "check_cluster_rollouts", "command", "parse_shard", "run_once"]
 
 log = logging.getLogger("daemon")
 
@@ -61,6 +61,7 @@ class Daemon:
     """Scheduler + watcher + retries around fleet catch-up, with a status snapshot for the HTTP server."""
 
     def __init__(self, config: Config, shard: tuple[int, int] | None = None, clock: Clock = utcnow):
+        check_cluster_rollouts(config)
         self.shard = shard
         self.clock = clock
         self.started_at = clock()
@@ -203,6 +204,7 @@ class Daemon:
             with self._inventory_guard:
                 new = self.discovery.reload(config_module.load(old.path))
             check_http_config(new.daemon.http, str(new.path))
+            check_cluster_rollouts(new)
             host = self._server.address[0] if self._server is not None else None
             if host is not None and not is_loopback(host) and not _secret(new.daemon.http.token):
                 raise ConfigError(f"{new.path}: daemon.http.token is required while serving on {host}")
@@ -300,6 +302,20 @@ def _exit_now(signum: int) -> None:
         except Exception:
             pass
     os._exit(128 + signum)
+
+
+def check_cluster_rollouts(config: Config) -> None:
+    """Cluster mode's per-target jobs do not go through the rollout gate yet: refuse a gated set rather than ignore it."""
+    if config.daemon.cluster is None:
+        return
+    for name, spec in config.sets.items():
+        field = "rollout" if spec.rollout is not None else "until" if spec.caps.until is not None else \
+            "pins" if spec.caps.pins else None
+        if field is not None:
+            raise ConfigError(f"{config.path.name}: migrations.sets.{name}.{field}: not supported with daemon.cluster "
+                              "(cluster mode does not gate its jobs by rollouts, caps or pins yet); run this set "
+                              "without daemon.cluster (a daemon, daemon --once or catch-up) or drop its "
+                              f"{field}")
 
 
 def _cluster_mode(daemon: Daemon, config: Config) -> ClusterMode | None:
