@@ -215,8 +215,10 @@ def test_per_server_caps_sessions_on_one_server(project: Any, orchestrator: Any)
             nonlocal peak, sessions
             with pg_connect() as conn:
                 while not stop.is_set():
+                    # Sessions applying (not idle): a closed connection's backend lingers idle for a moment.
                     rows = conn.execute("SELECT query FROM pg_stat_activity WHERE datname = ANY(%s) "
-                                        "AND application_name LIKE 'orchestrator%%'", (names,)).fetchall()
+                                        "AND application_name LIKE 'orchestrator%%' AND state <> 'idle'",
+                                        (names,)).fetchall()
                     sessions = max(sessions, len(rows))
                     peak = max(peak, sum(1 for (q,) in rows if tag in (q or "")))
 

@@ -46,7 +46,7 @@ def test_sixteen_threads_two_slots_two_sessions_on_the_server() -> None:
         with pg_connect() as conn:
             while not stop.is_set():
                 (n,), = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
-                                     "AND query LIKE 'SELECT pg_sleep%%'", (tag,)).fetchall()
+                                     "AND state = 'active' AND query LIKE 'SELECT pg_sleep%%'", (tag,)).fetchall()
                 peak = max(peak, n)
 
     def work(_: int) -> None:
