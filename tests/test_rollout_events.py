@@ -87,10 +87,15 @@ def test_dead_receiver_does_not_slow_the_run(project: Any, orchestrator: Any, mo
         assert code == 1
         return json.loads(out)["wall_ms"], err
 
-    fresh_run(json.dumps(without))  # warm-up: imports and first connections cost the same to both runs
-    base, _ = fresh_run(json.dumps(without))
-    dead, err = fresh_run(with_hooks)
-    assert "not delivered within" in err  # gave up at exit, in one line
+    # Warm-up of both kinds: the first run with hooks imports the delivery code (urllib, http.client)
+    # inside this test process, a one-off cost no later run pays. Best of two runs each, so one burst
+    # of other work on a shared machine does not decide the comparison.
+    fresh_run(json.dumps(without))
+    fresh_run(with_hooks)
+    base = min(fresh_run(json.dumps(without))[0] for _ in range(2))
+    runs = [fresh_run(with_hooks) for _ in range(2)]
+    dead = min(ms for ms, _ in runs)
+    assert all("not delivered within" in err for _, err in runs)  # gave up at exit, in one line
     assert dead <= base * 1.5 + 250, (dead, base)
 
 
