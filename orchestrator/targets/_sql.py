@@ -127,6 +127,11 @@ class SqlTarget(SqlLedger):
     def _set_lock_timeouts(self, policy: LockPolicy, in_transaction: bool) -> None:
         """Give this attempt (in a transaction) or this migration's session (outside one) the policy's timeouts."""
 
+    def _begin_attempt(self, policy: LockPolicy) -> bool:
+        """BEGIN one attempt of a migration in a transaction; True when that also gave it the policy's timeouts."""
+        self._begin()
+        return False
+
     def _lock_wait_holder(self, exc: BaseException, statement: Statement | None) -> str:
         """What held the lock the statement waited for, best effort (asked after the attempt was undone)."""
         return "waiting for a lock"
@@ -179,10 +184,10 @@ class SqlTarget(SqlLedger):
         def attempt(number: int) -> Applied | None:
             started = time.monotonic()
             with self._recording_errors(script, "recording it failed, the migration was rolled back"):
-                self._begin()
+                timeouts_set = self._begin_attempt(policy)
                 try:
                     self._in_transaction_lock(script.set_id)
-                    if policy.timeout or policy.statement_timeout:
+                    if (policy.timeout or policy.statement_timeout) and not timeouts_set:
                         self._set_lock_timeouts(policy, in_transaction=True)
                     count = self._run_body(script, up, in_transaction=True)
                     duration = self._record_and_commit(script, checksum, started)

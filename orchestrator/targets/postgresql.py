@@ -22,7 +22,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -238,16 +238,26 @@ class PostgresqlTarget(SqlTarget):
         return (f"SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP; "
                 f"SET search_path TO {self._search_path}")
 
-    def _begin(self) -> None:
+    def _begin(self, local_settings: Sequence[str] = ()) -> None:
         if self._transaction_pooling:
             # One round trip. The server connection may come with another client's session settings;
             # a session-level SET here would leak to the others, so the search_path is SET LOCAL.
             self._execute(f"BEGIN; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; SET LOCAL search_path TO {self._search_path}")
         elif not self._session_ready:
-            self._execute(self._session_sql() + "; BEGIN")  # one round trip
+            self._execute("; ".join([self._session_sql(), "BEGIN", *local_settings]))  # one round trip
             self._session_ready = True
         else:
-            self._execute("BEGIN")
+            self._execute("; ".join(["BEGIN", *local_settings]))
+
+    def _begin_attempt(self, policy: LockPolicy) -> bool:
+        # The attempt's SET LOCAL timeouts go with its BEGIN: one round trip. A lock timeout retries the whole
+        # transaction anyway. Behind a transaction pooler they come after the set's in-transaction lock
+        # (_in_transaction_lock), which they must not bound.
+        if self._transaction_pooling or not (policy.timeout or policy.statement_timeout):
+            self._begin()
+            return False
+        self._begin(pg_settings(policy, local=True))
+        return True
 
     def _commit(self) -> None:
         # Behind a pooler, what a migration SET for the session would stay on the server connection after COMMIT.
