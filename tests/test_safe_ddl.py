@@ -83,6 +83,26 @@ def test_postgresql_migration_retries_behind_a_blocker_then_applies(project, orc
             conn.close()
 
 
+def test_postgresql_lock_timeout_goes_with_begin_in_one_round_trip(project, orchestrator, pg_db, monkeypatch):
+    from orchestrator.targets.postgresql import PostgresqlTarget
+
+    sent = []
+    send = PostgresqlTarget._send
+    monkeypatch.setattr(PostgresqlTarget, "_send", lambda self, sql, params: sent.append(sql) or send(self, sql, params))
+    dbid = project.add_target("postgresql", "p1", pg_db)
+    project.add_set("s1", [dbid])
+    observe = "CREATE TABLE t{v} AS SELECT current_setting('lock_timeout') AS lt;\n"
+    project.write("s1", "001.sql", observe.format(v=1))
+    project.write("s1", "002.sql", "-- orchestrator: lock-timeout=5s\n" + observe.format(v=2))
+    project.write("s1", "003.sql", "-- orchestrator: lock-timeout=off\n" + observe.format(v=3))
+    code, _, err = orchestrator("up", "all", project.config, dbid, "s1")
+    assert code == 0, err
+    with pg_connect(pg_db["dbname"]) as conn:
+        assert [conn.execute(f"SELECT lt FROM t{v}").fetchone()[0] for v in (1, 2, 3)] == ["2s", "5s", "0"]
+    assert not [sql for sql in sent if sql.startswith("SET LOCAL lock_timeout = '")]  # a migration's: no round trip of its own
+    assert len([sql for sql in sent if "BEGIN" in sql and "SET LOCAL lock_timeout" in sql]) == 2
+
+
 def test_postgresql_blocker_that_never_lets_go_fails_the_migration_and_changes_nothing(project, orchestrator, pg_db):
     dbid = project.add_target("postgresql", "p1", pg_db)
     project.add_set("s1", [dbid])
