@@ -171,6 +171,36 @@ def test_session_settings_do_not_leak_into_the_next_migration(mysql_db: Any, pro
     assert rows["004_strict"]["statement"] == 1 and rows["004_strict"]["error"].startswith("error 1406: ")
 
 
+def test_lock_timeouts_follow_each_file_and_are_sent_only_when_they_change(
+        mysql_db: Any, project: Any, orchestrator: Any, monkeypatch: Any) -> None:
+    from orchestrator.targets.mysql import MysqlTarget
+
+    sent: list[str] = []
+    send = MysqlTarget._send
+    monkeypatch.setattr(MysqlTarget, "_send", lambda self, sql, params: sent.append(sql) or send(self, sql, params))
+    observe = ("CREATE TABLE IF NOT EXISTS seen (version VARCHAR(8), lw INT, ilw INT);\n"
+               "INSERT INTO seen SELECT '{v}', @@SESSION.lock_wait_timeout, @@SESSION.innodb_lock_wait_timeout;\n")
+    with mysql_connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT @@SESSION.lock_wait_timeout, @@SESSION.innodb_lock_wait_timeout")
+        connect = cur.fetchone()
+    config = setup_project(project, mysql_db, {
+        "001.sql": observe.format(v="001"),
+        "002.sql": observe.format(v="002") + "SET SESSION lock_wait_timeout = 77, innodb_lock_wait_timeout = 78;\n",
+        "003.sql": observe.format(v="003"),
+        "004.sql": "-- orchestrator: lock-timeout=5s\n" + observe.format(v="004"),
+        "005.sql": "-- orchestrator: lock-timeout=off\n" + observe.format(v="005"),
+        "006.sql": observe.format(v="006"),
+    })
+    code, _, err = orchestrator("up", "all", config, "mysql.m1", "s1")
+    assert code == 0, err
+    assert query(mysql_db, "SELECT version, lw, ilw FROM seen ORDER BY version") == [
+        ("001", 2, 2), ("002", 2, 2), ("003", 2, 2), ("004", 5, 5), ("005", *connect), ("006", 2, 2),
+    ]
+    # Set when they change (001, 004, 005 back to those of connect, 006), and set back after 002 changed them.
+    lock_sets = [sql for sql in sent if sql.startswith("SET ") and "lock_wait_timeout" in sql and "77" not in sql]
+    assert len(lock_sets) == 5, lock_sets
+
+
 def test_foreign_key_checks_are_back_on_for_the_next_migration(mysql_db: Any, project: Any, orchestrator: Any) -> None:
     config = setup_project(project, mysql_db, {
         "001_load.sql": (

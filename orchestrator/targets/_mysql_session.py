@@ -4,14 +4,16 @@ A migration may change session variables (FOREIGN_KEY_CHECKS, sql_mode, NAMES,
 time_zone, SET timestamp) and user variables; the mariadb client would start the
 next file in a new session. The runner keeps one session for the run (closing it,
 or COM_RESET_CONNECTION, would release its GET_LOCK), so it sets back what
-changed instead, checked by one prepared digest query per migration.
+changed instead, checked by one prepared digest query per migration. The
+runner's own settings (lock timeouts) are pinned into that session: sent once
+per connection, and set back like the others when a migration changes them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -73,16 +75,46 @@ class Session:
     expected: tuple[Any, ...]
     user_query: str | None
     user_vars: dict[str, tuple[Any, str | None]]
+    initial: dict[str, Any] = field(default_factory=dict)  # values at connect of the variables pinned since
 
-    def restore(self, execute: Execute, errors: tuple[type[BaseException], ...], dbid: str) -> None:
-        """Set back whatever session variable or user variable the last migration changed (one query when none)."""
+    def _state(self, execute: Execute, errors: tuple[type[BaseException], ...]) -> tuple[Any, ...]:
         try:
-            state = tuple(execute(f"EXECUTE {_SESSION_CHECK}")[0])
+            return tuple(execute(f"EXECUTE {_SESSION_CHECK}")[0])
         except errors as exc:
             if _errno(exc) != _ER_UNKNOWN_PREPARED:
                 raise
             execute(f"PREPARE {_SESSION_CHECK} FROM %s", (self.check,))  # the migration deallocated it
-            state = tuple(execute(f"EXECUTE {_SESSION_CHECK}")[0])
+            return tuple(execute(f"EXECUTE {_SESSION_CHECK}")[0])
+
+    def pin(self, execute: Execute, errors: tuple[type[BaseException], ...], settings: dict[str, str | None]) -> None:
+        """Make the runner's own settings (``name: SQL value``; None = the value at connect) part of that session.
+
+        From then on a migration starts with them, and one that changes them gets them
+        set back: so they are sent once per connection, not before every migration.
+        """
+        connect = dict(zip(self.names, self.values, strict=True))
+        assignments, params = [], []
+        for name, value in settings.items():
+            if value is not None:
+                assignments.append(f"SESSION {_quote(name)} = {value}")
+            elif name in connect:
+                assignments.append(f"SESSION {_quote(name)} = %s")
+                params.append(self.initial.get(name, connect[name]))
+        if not assignments:
+            return
+        execute("SET " + ", ".join(assignments), tuple(params))
+        pinned = [name for name in settings if name in connect]
+        if pinned:
+            now = execute("SELECT " + ", ".join(f"@@SESSION.{_quote(n)}" for n in pinned))[0]
+            for name, value in zip(pinned, now, strict=True):
+                self.initial.setdefault(name, connect[name])
+                connect[name] = value
+            self.values = tuple(connect[n] for n in self.names)
+        self.expected = (self._state(execute, errors)[0], *self.expected[1:])
+
+    def restore(self, execute: Execute, errors: tuple[type[BaseException], ...], dbid: str) -> None:
+        """Set back whatever session variable or user variable the last migration changed (one query when none)."""
+        state = self._state(execute, errors)
         if state == self.expected and not self.user_vars:
             return
         assignments: list[str] = []

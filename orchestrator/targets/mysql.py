@@ -106,6 +106,7 @@ class MysqlTarget(SqlTarget):
     _results_before_error = 0
     _session: Session | None = None  # read before the first migration of a connection
     _session_dirty = False  # a migration ran since the session was last restored
+    _lock_settings: dict[str, str | None] | None = None  # the lock timeouts pinned into the session (None: not yet)
 
     def __init__(self, db: Any, table: str):
         super().__init__(db, table)
@@ -117,7 +118,7 @@ class MysqlTarget(SqlTarget):
         import pymysql  # lazily: the CLI must start without loading drivers
 
         db = self.db
-        self._session, self._session_dirty = None, False
+        self._session, self._session_dirty, self._lock_settings = None, False, None
         if pymysql.charset.charset_by_name(db.charset) is None:
             raise ConfigError(f"{self.dbid}: charset {db.charset!r} is not a MySQL character set (e.g. utf8mb4)")
         if db.tls:
@@ -367,6 +368,8 @@ class MysqlTarget(SqlTarget):
                 self._session = capture_session(self._execute, self._errors, self.dbid)
             elif self._session_dirty:
                 self._restore_session()  # the previous migration ended before it could
+        with self._ledger_errors("cannot set the lock timeouts"):
+            self._pin_lock_timeouts(self._lock_policy(script))
         self._session_dirty = True
         yield
 
@@ -410,11 +413,25 @@ class MysqlTarget(SqlTarget):
         return mysql_is_lock_timeout(exc)
 
     def _set_lock_timeouts(self, policy: LockPolicy, in_transaction: bool) -> None:
-        # Session variables: set back with the others the migration changed when it ends.
+        pass  # set before the migration by _pin_lock_timeouts
+
+    def _pin_lock_timeouts(self, policy: LockPolicy) -> None:
+        """Give the session this migration's lock timeouts: sent only when they differ from the last migration's.
+
+        They are part of the session every migration starts from (``Session.pin``): one
+        that changes them gets them set back with its other session variables.
+        """
         mariadb = "mariadb" in self.connection.get_server_info().lower()
-        settings = [sql.removeprefix("SET ") for sql in mysql_settings(policy, mariadb)]
-        if settings:  # one statement, one round trip per migration
-            self._execute("SET " + ", ".join(settings))
+        wanted: dict[str, str | None] = {}
+        for sql in mysql_settings(policy, mariadb):  # "SET SESSION name = value"
+            name, value = sql.removeprefix("SET SESSION ").split(" = ", 1)
+            wanted[name] = value
+        if wanted == self._lock_settings or self._session is None:
+            return
+        # Those the last migration had and this one has not go back to their value at connect.
+        changes = {**dict.fromkeys(self._lock_settings or {}), **wanted}
+        self._session.pin(self._execute, self._errors, changes)
+        self._lock_settings = wanted
 
     def _lock_wait_holder(self, exc: BaseException, statement: Statement | None) -> str:
         return mysql_blocker(self._execute)
