@@ -1,6 +1,6 @@
 """Redis: one migration in one round trip, checked and timed against the three-round-trip sequence and the floor.
 
-The design (prototype of what the Redis target runs): one EVALSHA whose script
+The design (the Redis target's own script, imported from orchestrator.targets._redis_script): one EVALSHA whose script
 checks the ledger, checks every command as MULTI would at queue time (known
 command, arity, ACL), runs the commands with ``redis.pcall`` (a script is atomic,
 like MULTI/EXEC, and like it never rolls back), and records the version in the
@@ -30,66 +30,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RD = {"host": os.environ.get("TEST_REDIS_HOST", "127.0.0.1"), "port": int(os.environ.get("TEST_REDIS_PORT", "6379"))}
 
-APPLY = """
-local version = ARGV[1]
-if redis.call('hexists', KEYS[1], version) == 1 then return {0} end
-local meta = redis.call('hget', KEYS[2], version)
-if meta then
-  local ok, info = pcall(cjson.decode, meta)
-  if ok and type(info) == 'table' and (info['status'] == 'failed' or info['status'] == 'running') then return {-1, meta} end
-end
-local commands, at = {}, 6
-for n = 1, tonumber(ARGV[5]) do
-  local argc = tonumber(ARGV[at])
-  commands[n] = {unpack(ARGV, at + 1, at + argc)}
-  at = at + argc + 1
-end
-local known = {}
-for n, argv in ipairs(commands) do
-  local name = string.lower(argv[1])
-  if known[name] == nil then
-    local info = redis.call('command', 'info', name)[1]
-    known[name] = info or false
-  end
-  local info = known[name]
-  if not info then return {-2, n, "ERR unknown command '" .. argv[1] .. "'"} end
-  local arity = info[2]
-  if (arity > 0 and #argv ~= arity) or (arity < 0 and #argv < -arity) then
-    return {-2, n, "ERR wrong number of arguments for '" .. name .. "' command"}
-  end
-  for _, flag in ipairs(info[3]) do
-    if flag == 'noscript' or (type(flag) == 'table' and flag['ok'] == 'noscript') then return {-3, n} end
-  end
-  if info[10] and #info[10] > 0 then return {-3, n} end
-  if redis.acl_check_cmd and not redis.acl_check_cmd(unpack(argv)) then
-    return {-2, n, "NOPERM this user has no permissions to run the '" .. name .. "' command or its keys"}
-  end
-end
-local failed = {}
-for n, argv in ipairs(commands) do
-  local reply = redis.pcall(unpack(argv))
-  if type(reply) == 'table' and reply['err'] then
-    failed[#failed + 1] = n
-    failed[#failed + 1] = reply['err']
-  end
-end
-if #failed == 0 then
-  redis.call('hset', KEYS[1], version, ARGV[2])
-  redis.call('hset', KEYS[2], version, ARGV[3])
-  return {1}
-end
-redis.call('hset', KEYS[2], version, ARGV[4])
-return {2, unpack(failed)}
-"""
+# The script the Redis target runs, not a copy: the bench checks and times what ships.
+sys.path.insert(0, str(ROOT))
+from orchestrator.targets._redis_script import APPLY, arguments, outcome  # noqa: E402
 
 
-def one_trip(script: Any, ledger: str, meta: str, version: str, commands: list[list[str]]) -> list[Any]:
+def one_trip(script: Any, ledger: str, meta: str, version: str, commands: list[list[str]]) -> tuple[str, int, int, str]:
     now = int(time.time())
-    args: list[Any] = [version, now, json.dumps({"status": "applied"}), json.dumps({"status": "running", "apply_time": now}),
-                       len(commands)]
-    for argv in commands:
-        args += [len(argv), *argv]
-    return list(script(keys=[ledger, meta], args=args))
+    args = arguments(version, now, json.dumps({"status": "applied", "duration_ms": 0}),
+                     json.dumps({"status": "running", "apply_time": now}), commands)
+    assert args is not None
+    return outcome(script(keys=[ledger, meta], args=args))
 
 
 def three_trips(client: Any, ledger: str, meta: str, version: str, commands: list[list[str]]) -> None:
@@ -120,22 +71,22 @@ def floor(client: Any, ledger: str, meta: str, version: str, commands: list[list
 def check(client: Any, script: Any, ns: str) -> None:
     """The guarantees, asserted against the server."""
     ledger, meta = f"{ns}:chk:ledger", f"{ns}:chk:meta"
-    assert one_trip(script, ledger, meta, "v1", [["SET", f"{ns}:chk:a", "1"], ["SADD", f"{ns}:chk:s", "x"]]) == [1]
+    assert one_trip(script, ledger, meta, "v1", [["SET", f"{ns}:chk:a", "1"], ["SADD", f"{ns}:chk:s", "x"]])[0] == "applied"
     assert client.hexists(ledger, "v1") and client.get(f"{ns}:chk:a") == b"1"
-    assert one_trip(script, ledger, meta, "v1", [["INCR", f"{ns}:chk:a"]]) == [0]  # recorded: nothing runs
+    assert one_trip(script, ledger, meta, "v1", [["INCR", f"{ns}:chk:a"]])[0] == "recorded"  # nothing runs
     assert client.get(f"{ns}:chk:a") == b"1"
     # Queue-time errors: nothing runs, nothing is recorded.
     for bad in (["NOSUCHCOMMAND", "x"], ["INCR"]):
-        reply = one_trip(script, ledger, meta, "v2", [["SET", f"{ns}:chk:b", "1"], bad])
-        assert reply[:2] == [-2, 2] and client.get(f"{ns}:chk:b") is None and not client.hexists(meta, "v2"), reply
+        result = one_trip(script, ledger, meta, "v2", [["SET", f"{ns}:chk:b", "1"], bad])
+        assert result[:3] == ("refused", 1, 2) and client.get(f"{ns}:chk:b") is None and not client.hexists(meta, "v2"), result
     # A run-time error: the others ran (no rollback), the version is not applied, the meta entry blocks the set.
-    reply = one_trip(script, ledger, meta, "v3", [["SET", f"{ns}:chk:c", "1"], ["LPUSH", f"{ns}:chk:c", "x"], ["SET", f"{ns}:chk:d", "2"]])
-    assert reply[0] == 2 and reply[1] == 2 and reply[2].startswith(b"WRONGTYPE"), reply
+    result = one_trip(script, ledger, meta, "v3", [["SET", f"{ns}:chk:c", "1"], ["LPUSH", f"{ns}:chk:c", "x"], ["SET", f"{ns}:chk:d", "2"]])
+    assert result[:3] == ("failed", 1, 2) and result[3].startswith("WRONGTYPE"), result
     assert not client.hexists(ledger, "v3") and json.loads(client.hget(meta, "v3"))["status"] == "running"
     assert client.get(f"{ns}:chk:d") == b"2"
-    assert one_trip(script, ledger, meta, "v3", [["SET", f"{ns}:chk:e", "1"]])[0] == -1  # blocked: failed/running
+    assert one_trip(script, ledger, meta, "v3", [["SET", f"{ns}:chk:e", "1"]])[0] == "blocked"  # failed/running
     # A command a script may not run: refused before anything ran (the caller takes the MULTI/EXEC path).
-    assert one_trip(script, ledger, meta, "v4", [["SET", f"{ns}:chk:f", "1"], ["SUBSCRIBE", "x"]]) == [-3, 2]
+    assert one_trip(script, ledger, meta, "v4", [["SET", f"{ns}:chk:f", "1"], ["SUBSCRIBE", "x"]])[:3] == ("unsuitable", 0, 2)
     assert client.get(f"{ns}:chk:f") is None
 
 
