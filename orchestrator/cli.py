@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import threading
@@ -220,6 +221,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from orchestrator import defaults
+    from orchestrator.plainconfig import load_plain
     from orchestrator.runner import run
 
     positional = args.args
@@ -236,7 +238,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
             raise ConfigError(f"up: count must be 'all' or a positive number, not {count!r}")
     else:
         raise ConfigError("usage: orchestrator up [all|N] CONFIG DBID SET")
-    config, _ = _load(config_path)
+    # A plain config and a SQLite target need not load the config models: a quick start.
+    config = load_plain(config_path, sqlite_target=dbid) or _load(config_path)[0]
     migration_set = _resolve_set(config, set_name)
     set_name = migration_set.name
     if args.to is not None:
@@ -470,9 +473,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Logging is set up before parsing, so that a usage error is logged in the asked format too.
     setup_logging(verbosity, log_format=option_value(argv, "--log-format") or "text", log_time=option_value(argv, "--log-time"))
     parser = _parser()
-    import argcomplete  # completes and exits when the shell's completion hook runs us; a no-op otherwise
+    if "_ARGCOMPLETE" in os.environ:  # the shell's completion hook runs us: complete and exit
+        import argcomplete
 
-    argcomplete.autocomplete(parser)
+        argcomplete.autocomplete(parser)
     if not argv:  # no command: say which there are
         parser.print_help()
         return EXIT_USAGE

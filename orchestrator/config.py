@@ -12,9 +12,7 @@ and wording errors live in :mod:`orchestrator.configfile`. Passwords are
 
 from __future__ import annotations
 
-import fnmatch
 import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -32,12 +30,21 @@ from pydantic import (
 
 from orchestrator import defaults
 from orchestrator.configfile import Expanded, expand, one_line_error, read_json
+from orchestrator.configtypes import (
+    CHARSET,
+    DRIVERS,
+    HOST_ID,
+    IDENT,
+    SET_NAME,
+    Config,
+    SetSpec,
+    bind_set,
+    sets_directory,
+)
 from orchestrator.durations import parse_duration
 from orchestrator.errors import ConfigError
-from orchestrator.notify import Hook
 from orchestrator.policyconfig import NotifyEntry, RolloutEntry, caps_of, hooks_of, rollout_of
 from orchestrator.redact import register_secret
-from orchestrator.rollout import Caps, Rollout
 
 __all__ = [
     "DRIVERS",
@@ -55,12 +62,7 @@ __all__ = [
     "parse_duration",
 ]
 
-DRIVERS = ("postgresql", "mysql", "redis", "sqlite")
-_IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
-_HOST_ID = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
-_SET_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
-_CHARSET = r"^[A-Za-z0-9_]+$"
-_C_SETS_DIRECTORY = "migrations"  # under the working directory: the C tool reads ./migrations/<set>
+_IDENT, _HOST_ID, _SET_NAME, _CHARSET = IDENT, HOST_ID, SET_NAME, CHARSET
 
 
 def _int_not_bool(value: Any) -> Any:
@@ -105,6 +107,7 @@ def _lock_duration(value: Any) -> Any:
 
 
 LockDuration = Annotated[float, BeforeValidator(_lock_duration), Field(ge=0)]
+_LOCK_SETTINGS = ("lock_timeout", "lock_retries", "statement_timeout")
 
 
 class _LockSettings(BaseModel):
@@ -271,87 +274,6 @@ class _File(_Strict):
     notify: list[NotifyEntry] = []
 
 
-@dataclass(frozen=True)
-class SetSpec:
-    """One migration set bound to its targets."""
-
-    name: str
-    folder: Path
-    patterns: tuple[str, ...]
-    targets: tuple[str, ...]
-    every: float | None = None
-    cron: str | None = None
-    apply: str = "auto"
-    rollout: Rollout | None = None  # waves, failure budget, soak
-    caps: Caps = field(default_factory=Caps)  # until and pins
-
-
-@dataclass
-class Config:
-    """A validated config.json: targets by dbid, sets by name, daemon settings."""
-
-    path: Path
-    databases: dict[str, DatabaseConfig]
-    sets: dict[str, SetSpec]
-    table: str
-    sets_directory: Path
-    daemon: DaemonConfig
-    _raw: _File = field(repr=False, default=None)  # type: ignore[assignment]
-    per_server: int | None = None  # migrations.per_server
-    notify: tuple[Hook, ...] = ()
-    inventory: list[dict[str, Any]] = field(default_factory=list)  # source declarations, as written
-    inventory_refresh: float = defaults.INVENTORY_REFRESH
-    origin: dict[str, str] = field(default_factory=dict)  # dbid -> "databases" or the inventory source that gave it
-
-    @property
-    def folder(self) -> Path:
-        return self.path.parent
-
-    def database(self, dbid: str) -> DatabaseConfig:
-        """The target named ``dbid``; a ConfigError naming the known ones otherwise."""
-        try:
-            return self.databases[dbid]
-        except KeyError:
-            known = ", ".join(sorted(self.databases)) or "none"
-            if any(c in dbid for c in "*?["):
-                raise ConfigError(f"{dbid!r}: a single target is expected here, not a pattern (declared: {known})") from None
-            _check_dbid(dbid, "")
-            raise ConfigError(f"{self.path.name}: unknown target {dbid!r} (declared: {known})") from None
-
-    def with_databases(self, databases: dict[str, DatabaseConfig], origin: dict[str, str]) -> Config:
-        """This config over another set of targets (static plus discovered), each set bound again by its patterns."""
-        sets = {}
-        for name, spec in self.sets.items():
-            targets: list[str] = []
-            for pattern in spec.patterns:
-                targets.extend(d for d in sorted(databases) if fnmatch.fnmatchcase(d, pattern) and d not in targets)
-            sets[name] = replace(spec, targets=tuple(targets))
-        return replace(self, databases=databases, sets=sets, origin=origin)
-
-    def bindings(self, set_name: str | None = None, target_pattern: str | None = None) -> list[tuple[SetSpec, str]]:
-        """(set, dbid) pairs, optionally filtered by set name and a dbid glob."""
-        if set_name is not None and set_name not in self.sets:
-            raise ConfigError(f"{self.path.name}: unknown set {set_name!r} (configured: {', '.join(sorted(self.sets)) or 'none'})")
-        pairs = []
-        for spec in self.sets.values():
-            if set_name is not None and spec.name != set_name:
-                continue
-            for dbid in spec.targets:
-                if target_pattern is None or fnmatch.fnmatchcase(dbid, target_pattern):
-                    pairs.append((spec, dbid))
-        return pairs
-
-
-def _check_dbid(dbid: str, where: str) -> None:
-    driver, dot, host = dbid.partition(".")
-    prefix = f"{where}: " if where else ""
-    if not dot or not host or not driver:
-        raise ConfigError(f"{prefix}bad dbid {dbid!r}: expected <driver>.<host_id>, e.g. postgresql.p1")
-    # A target pattern may glob the driver too ("*.main"), as long as it can match one.
-    if driver not in DRIVERS and not any(fnmatch.fnmatchcase(d, driver) for d in DRIVERS):
-        raise ConfigError(f"{prefix}unknown driver {driver!r} in {dbid!r} (drivers: {', '.join(DRIVERS)})")
-
-
 _PATTERN_HELP = {
     _IDENT: "expected a SQL identifier: a letter or '_', then letters, digits or '_'",
     _HOST_ID: "expected letters, digits, '_' and '-' (no dots: the dbid is <driver>.<host_id>)",
@@ -384,22 +306,6 @@ def _check_sections(data: dict[str, Any], name: str) -> None:
             raise ConfigError(f"{name}: {key}: unknown field (did you mean {close[0]!r}?)")
 
 
-def _sets_directory(folder: Path, name: str, migrations: _Migrations) -> Path:
-    """Where the sets live: ``directory``, or its C Web Framework alias ``source_directory``.
-
-    With neither: ``sets`` beside the config if that folder exists, else ``migrations``
-    under the working directory, where the C tool looks (``./migrations/<set>``).
-    """
-    if migrations.directory is not None and migrations.source_directory is not None:
-        raise ConfigError(f"{name}: migrations.source_directory: give either 'directory' or 'source_directory' "
-                          "(the C Web Framework's name for it), not both")
-    given = migrations.directory if migrations.directory is not None else migrations.source_directory
-    if given is not None:
-        return (folder / Path(given).expanduser()).resolve()
-    beside = folder / defaults.SETS_DIRECTORY
-    return beside if beside.is_dir() else (Path.cwd() / _C_SETS_DIRECTORY).resolve()
-
-
 def _build(path: Path, name: str, raw: _File) -> Config:
     folder = path.parent
     databases: dict[str, DatabaseConfig] = {}
@@ -407,9 +313,9 @@ def _build(path: Path, name: str, raw: _File) -> Config:
         for i, entry in enumerate(getattr(raw.databases, driver)):
             if entry.dbid in databases:
                 raise ConfigError(f"{name}: databases.{driver}[{i}].host_id: duplicate host_id {entry.host_id!r}")
-            # Redis never waits for a lock (MULTI/EXEC); SQLite retries only where its entry or a file asks.
-            if not isinstance(entry, (RedisConfig, SqliteConfig)):
-                for setting in ("lock_timeout", "lock_retries", "statement_timeout"):
+            # Redis never waits for a lock (MULTI/EXEC); SQLite has no statement timeout.
+            if not isinstance(entry, RedisConfig):
+                for setting in ("lock_timeout", "lock_retries") if isinstance(entry, SqliteConfig) else _LOCK_SETTINGS:
                     if getattr(entry, setting) is None:
                         setattr(entry, setting, getattr(raw.migrations, setting))
                 if isinstance(entry, MysqlConfig) and entry.online_alter is None:
@@ -426,23 +332,13 @@ def _build(path: Path, name: str, raw: _File) -> Config:
         raise ConfigError(f"{name}: daemon.cluster.store: {raw.daemon.cluster.store!r} is not a configured PostgreSQL "
                           f"database (declared: {known})")
 
-    sets_directory = _sets_directory(folder, name, raw.migrations)
+    sets_folder = sets_directory(folder, name, raw.migrations.directory, raw.migrations.source_directory)
     directory_field = "migrations.source_directory" if raw.migrations.source_directory is not None else "migrations.directory"
     sets: dict[str, SetSpec] = {}
     for set_name, entry in raw.migrations.sets.items():
         where = f"{name}: migrations.sets.{set_name}"
-        set_folder = (folder / Path(entry.path).expanduser()).resolve() if entry.path else sets_directory / set_name
-        if not set_folder.is_dir():
-            problem = "is not a folder" if set_folder.exists() else "does not exist"
-            raise ConfigError(f"{where}{'.path' if entry.path else ''}: set folder {set_folder} {problem}; "
-                              f"create it or fix {'the path' if entry.path else directory_field}")
-        targets: list[str] = []
-        for i, pattern in enumerate(entry.targets):
-            _check_dbid(pattern, f"{where}.targets[{i}]")
-            matched = sorted(d for d in databases if fnmatch.fnmatchcase(d, pattern))
-            if not matched and not raw.inventory:  # with an inventory, the match may come at resolution
-                raise ConfigError(f"{where}.targets[{i}]: {pattern!r} matches no declared database")
-            targets.extend(d for d in matched if d not in targets)
+        set_folder, targets = bind_set(where, folder, entry.path, sets_folder / set_name, entry.targets, databases,
+                                       directory_field, bool(raw.inventory))
         sets[set_name] = SetSpec(
             name=set_name,
             folder=set_folder,
@@ -459,9 +355,8 @@ def _build(path: Path, name: str, raw: _File) -> Config:
         databases=databases,
         sets=sets,
         table=raw.migrations.table,
-        sets_directory=sets_directory,
+        sets_directory=sets_folder,
         daemon=raw.daemon,
-        _raw=raw,
         inventory=raw.inventory,
         inventory_refresh=raw.migrations.inventory_refresh,
         origin=dict.fromkeys(databases, "databases"),

@@ -13,11 +13,12 @@ import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ConfigError
+
+if TYPE_CHECKING:  # reading and expanding a file needs no pydantic (see orchestrator.plainconfig)
+    from pydantic import BaseModel, ValidationError
 
 __all__ = ["Expanded", "expand", "json_path", "one_line_error", "read_json"]
 
@@ -174,6 +175,8 @@ def _fields_at(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 
 def _model_in(annotation: Any) -> Any:
+    from pydantic import BaseModel
+
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):

@@ -47,7 +47,7 @@ class Directives:
 
 def parse_timeout(text: str) -> float:
     """``"2s"``, ``"500ms"``... in seconds; ``"off"`` is 0 (wait as long as it takes)."""
-    from orchestrator.config import parse_duration
+    from orchestrator.durations import parse_duration
 
     if text.strip().lower() in ("off", "0"):
         return 0.0

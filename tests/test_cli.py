@@ -232,18 +232,43 @@ def test_unreachable_target_exits_3(project: Any, orchestrator: Any) -> None:
 
 
 def test_locked_target_exits_1(app: Any, orchestrator: Any) -> None:
+    """Another runner applying on the file (its runner lock and the write lock held): locked, naming it, no retries."""
+    import fcntl
+
     app.databases["sqlite"][0]["busy_timeout"] = 50
     cfg = app.config
     assert orchestrator("up", cfg, app.dbid, "s1")[0] == 0
+    with open(f"{app.db}.orchestrator-lock", "w") as runner_lock:
+        fcntl.flock(runner_lock, fcntl.LOCK_EX)
+        runner_lock.write("build-host pid 4242")
+        runner_lock.flush()
+        holder = sqlite3.connect(app.db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            code, _, err = orchestrator("up", "all", cfg, app.dbid, "s1")
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+    assert code == 1
+    assert messages(err)[-1] == "sqlite.local/s1 locked by build-host pid 4242; another runner is applying this set, try again later"
+    assert "lock timeout" not in err
+    assert len(ledger(app.db)) == 1
+
+
+def test_another_writer_on_the_file_is_waited_for_with_the_lock_policy(app: Any, orchestrator: Any) -> None:
+    app.databases["sqlite"][0].update(busy_timeout=50, lock_timeout="100ms", lock_retries=1)
+    cfg = app.config
+    assert orchestrator("up", cfg, app.dbid, "s1")[0] == 0
     holder = sqlite3.connect(app.db, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("BEGIN IMMEDIATE")  # the application writing, not a runner
     try:
         code, _, err = orchestrator("up", "all", cfg, app.dbid, "s1")
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert code == 1
-    assert messages(err)[-1].startswith("sqlite.local/s1 locked by another writer")
+    assert "lock timeout (100ms) on attempt 1 of 2" in err
+    assert messages(err)[-1].endswith("lock timeout after 2 attempts (waiting for the write lock held by another connection)")
     assert len(ledger(app.db)) == 1
 
 

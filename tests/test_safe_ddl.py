@@ -328,3 +328,70 @@ def test_sqlite_writer_that_never_lets_go_fails_the_migration_and_records_nothin
     assert _sqlite_columns(sqlite_db["path"]) == ["id"]
     with sqlite3.connect(sqlite_db["path"]) as conn:
         assert conn.execute("SELECT version FROM migration").fetchall() == [("000_create",)]
+
+
+def test_sqlite_retries_by_default_and_takes_the_migrations_wide_settings(project, orchestrator, sqlite_db):
+    import json
+
+    dbid = project.add_target("sqlite", "l1", sqlite_db)  # no lock settings on the entry, none in the file
+    project.add_set("s1", [dbid])
+    writer = _sqlite_writer(project, orchestrator, dbid, sqlite_db["path"])
+    project.write("s1", "001_alter.sql", "ALTER TABLE t ADD COLUMN x int;\n")
+    path = project.config  # written anew on each read of the property
+    config = json.loads(path.read_text())
+    config["migrations"].update(lock_timeout="300ms", lock_retries=4)
+    path.write_text(json.dumps(config))
+    committer = _commit_after_first_retry("sqlite", lambda: writer.execute("COMMIT"))
+    code, _, err = orchestrator("up", "all", path, dbid, "s1")
+    committer.join()
+    writer.close()
+    assert code == 0, err
+    assert "lock timeout (300ms) on attempt 1 of 5 (waiting for the write lock held by another connection)" in err
+    assert _sqlite_columns(sqlite_db["path"]) == ["id", "x"]
+
+
+def test_sqlite_default_policy_is_two_seconds_and_ten_retries(project, orchestrator, sqlite_db):
+    dbid = project.add_target("sqlite", "l1", sqlite_db)
+    project.add_set("s1", [dbid])
+    writer = _sqlite_writer(project, orchestrator, dbid, sqlite_db["path"])
+    project.write("s1", "001_alter.sql", "ALTER TABLE t ADD COLUMN x int;\n")
+    committer = _commit_after_first_retry("sqlite", lambda: writer.execute("COMMIT"))
+    code, _, err = orchestrator("up", "all", project.config, dbid, "s1")
+    committer.join()
+    writer.close()
+    assert code == 0, err
+    assert "lock timeout (2s) on attempt 1 of 11 (waiting for the write lock held by another connection)" in err
+    assert _sqlite_columns(sqlite_db["path"]) == ["id", "x"]
+
+
+def test_sqlite_another_runner_applying_is_reported_locked_not_retried(project, tmp_path, sqlite_db):
+    """A second orchestrator process meets the first one's runner lock: locked after busy_timeout, no retries."""
+    import os
+    import subprocess
+    import sys
+
+    dbid = project.add_target("sqlite", "l1", {**sqlite_db, "busy_timeout": 500})
+    project.add_set("s1", [dbid])
+    project.write("s1", "001_slow.py", "import time\n\n\ndef up(db):\n    db.execute('CREATE TABLE slow (x int)')\n"
+                                       "    time.sleep(4)\n")
+    config = project.config
+    command = [sys.executable, "-m", "orchestrator", "up", "all", str(config), dbid, "s1"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lock_file = tmp_path / (os.path.basename(sqlite_db["path"]) + ".orchestrator-lock")
+    deadline = time.monotonic() + 30
+    while (not lock_file.exists() or not lock_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first runner is inside its migration once it has written its name
+    started = time.monotonic()
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    waited = time.monotonic() - started
+    first_err = first.communicate(timeout=60)[1]
+    assert first.returncode == 0, first_err
+    assert second.returncode == 1, second.stderr
+    assert f"{dbid}/s1 locked by " in second.stderr and f"pid {first.pid}" in second.stderr
+    assert "lock timeout" not in second.stderr  # not taken for another application's writer
+    assert waited < 4  # reported after busy_timeout, not after the first runner's migration
+    import sqlite3
+
+    with sqlite3.connect(sqlite_db["path"]) as conn:
+        assert conn.execute("SELECT version, status FROM migration").fetchall() == [("001_slow", "applied")]

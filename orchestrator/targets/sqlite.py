@@ -2,10 +2,12 @@
 
 One connection in autocommit mode; each migration runs in ``BEGIN IMMEDIATE``,
 which takes the database's write lock, so the ledger re-check inside it makes
-racing processes apply each migration exactly once. A writer that holds the
-lock longer than ``busy_timeout`` makes the target ``locked``. A no-transaction
-migration has no write lock to lean on, so it runs under an flock on
-``<path>.orchestrator-lock``. ``BEGIN``/``COMMIT`` in a script are absorbed into
+racing processes apply each migration exactly once. While it applies one, a
+runner holds an flock on ``<path>.orchestrator-lock``: another runner holding it
+longer than ``busy_timeout`` makes the target ``locked``; any other writer holding
+the write lock is waited for with the lock timeout and retries of every engine.
+A no-transaction migration has no write lock to lean on, so that flock alone
+keeps a second runner out. ``BEGIN``/``COMMIT`` in a script are absorbed into
 the runner's transaction; a statement (or Python ``up``) that still ends it, such
 as ``ROLLBACK``, fails the migration. Status and plan open the file read-only
 and never create it.
@@ -20,14 +22,13 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import defaults
 from orchestrator.errors import LockHeld, MigrationError, TargetUnreachable
-from orchestrator.locktimeout import LockPolicy, LockTimedOut
+from orchestrator.locktimeout import LockTimedOut
 from orchestrator.sqlsplit import Statement, split
 from orchestrator.targets import Applied, runner_identity
 from orchestrator.targets._sql import SqlTarget
@@ -53,6 +54,7 @@ _JOURNAL_MODE_SET = re.compile(r"""\s*PRAGMA\s+(?:main\s*\.\s*)?journal_mode\s*(
 _MENTIONS_SESSION_PRAGMA = re.compile(r"synchronous", re.I)
 _BLANKS = re.compile(r"\s*")
 _ONE_SCRIPT_MAX = 1 << 20  # bytes: bigger files are streamed statement by statement, never joined
+_WAIT_AS_LONG_AS_IT_TAKES = 2**31 - 1  # ms of busy_timeout for lock-timeout=off (about 24 days)
 _NO_TRANSACTION_HINT = "; make '-- orchestrator: no-transaction' the first line to run this migration outside a transaction"
 
 
@@ -66,6 +68,9 @@ class SqliteTarget(SqlTarget):
     def __init__(self, db: Any, table: str):
         super().__init__(db, table)
         self._missing = False
+        self._lock_fd: int | None = None  # the runner lock file (see _runner_lock); -1: cannot be opened
+        self._identity = b""
+        self._busy_ms = int(db.busy_timeout)
 
     def connect(self, readonly: bool = False) -> None:
         path = Path(self.db.path)
@@ -187,39 +192,34 @@ class SqliteTarget(SqlTarget):
                 self._restore_synchronous(synchronous)
 
     def _apply_in_transaction(self, script: Script, checksum: str, up: Any) -> Applied | None:
-        policy = self._write_lock_policy(script)
-        if policy is None:
-            return self._apply_in_transaction_once(script, checksum, up)
+        """The migration under the runner lock, each attempt waiting the lock timeout for the write lock.
+
+        Holding the runner lock means no other runner is applying on this file, so a
+        write lock that stays taken is another application's writer: the attempt is
+        retried with the lock policy's backoff, as on the servers.
+        """
+        policy = self._lock_policy(script)
 
         def attempt(number: int) -> Applied | None:
             try:
                 return self._apply_in_transaction_once(script, checksum, up)
-            except LockHeld as exc:  # the write lock stayed taken for the whole lock timeout
+            except LockHeld as exc:  # the write lock stayed taken for the whole attempt
                 raise LockTimedOut(None, exc) from None
 
-        self.connection.execute(f"PRAGMA busy_timeout = {math.ceil(policy.timeout * 1000)}")
-        try:
-            return self._with_lock_retries(script, policy, attempt)
-        finally:
-            self.connection.execute(f"PRAGMA busy_timeout = {int(self.db.busy_timeout)}")
+        with self._runner_lock(script.set_id):
+            self._set_busy_timeout(_WAIT_AS_LONG_AS_IT_TAKES if not policy.timeout else math.ceil(policy.timeout * 1000))
+            try:
+                return self._with_lock_retries(script, policy, attempt)
+            finally:
+                self._set_busy_timeout(int(self.db.busy_timeout))
 
     def _apply_in_transaction_once(self, script: Script, checksum: str, up: Any) -> Applied | None:
         applied = self._apply_as_one_script(script)
         return super()._apply_in_transaction(script, checksum, up) if applied is _STATEMENT_BY_STATEMENT else applied
 
-    def _write_lock_policy(self, script: Script) -> LockPolicy | None:
-        """Retries for the write lock, when the entry (lock_timeout, lock_retries) or the file asks for them.
-
-        Otherwise the write lock is waited for busy_timeout once and a busy database is
-        reported locked, as before: a waiting SQLite writer does not queue readers.
-        """
-        found = script.directives
-        timeout = found.lock_timeout if found.lock_timeout is not None else self.db.lock_timeout
-        retries = found.lock_retries if found.lock_retries is not None else self.db.lock_retries
-        if (timeout is None and retries is None) or timeout == 0:
-            return None
-        return LockPolicy(self.db.busy_timeout / 1000 if timeout is None else timeout,
-                          defaults.LOCK_RETRIES if retries is None else retries)
+    def _set_busy_timeout(self, milliseconds: int) -> None:
+        self.connection.execute(f"PRAGMA busy_timeout = {milliseconds}")
+        self._busy_ms = milliseconds
 
     def _lock_wait_holder(self, exc: BaseException, statement: Statement | None) -> str:
         return "waiting for the write lock held by another connection"
@@ -301,7 +301,7 @@ class SqliteTarget(SqlTarget):
             began = self.connection.in_transaction
             self._safe_rollback()
             if not began and ("locked" in str(exc) or "busy" in str(exc)):
-                raise LockHeld(self.dbid, script.set_id, f"another writer (waited busy_timeout {self.db.busy_timeout} ms)") from None
+                raise LockHeld(self.dbid, script.set_id, f"another writer (waited busy_timeout {self._busy_ms} ms)") from None
             if self._recorded_after_failure(script):
                 return None  # another runner applied it after this one read the ledger
             return _STATEMENT_BY_STATEMENT
@@ -316,35 +316,61 @@ class SqliteTarget(SqlTarget):
                 raise
         return Applied(script.version, len(statements), duration)
 
+    def _outside_transaction_lock(self, set_id: str) -> AbstractContextManager[None]:
+        return self._runner_lock(set_id)
+
     @contextmanager
-    def _outside_transaction_lock(self, set_id: str) -> Iterator[None]:
-        # No transaction holds the write lock while a no-transaction migration runs, so a
-        # lock file beside the database keeps a second runner from running it too.
-        if self.db.path == ":memory:":
+    def _runner_lock(self, set_id: str) -> Iterator[None]:
+        """Held while this runner applies a migration: an flock on ``<path>.orchestrator-lock``.
+
+        Another runner holding it is applying on this file: it is waited for
+        busy_timeout and then reported ``locked``, naming it. A no-transaction
+        migration has no write lock to lean on, so this lock alone keeps a second
+        runner from running it too. flock, not fcntl locks: closing any descriptor of a
+        file drops a process's fcntl locks on it, and the kernel drops a flock when its
+        holder dies. The file is never deleted: unlinking a lock file races with the
+        next runner opening it.
+        """
+        fd = self._lock_file()
+        if fd is None:
             yield
             return
         import fcntl
 
-        # flock, not fcntl locks: closing any descriptor of a file drops a process's fcntl
-        # locks on it, and the kernel drops a flock when its holder dies. The file is never
-        # deleted: unlinking a lock file races with the next runner opening it.
-        fd = os.open(f"{self.db.path}.orchestrator-lock", os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.db.busy_timeout / 1000
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                    raise LockHeld(self.dbid, set_id, holder or "another runner") from None
+                time.sleep(0.02)
         try:
-            deadline = time.monotonic() + self.db.busy_timeout / 1000
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-                        raise LockHeld(self.dbid, set_id, holder or "another runner") from None
-                    time.sleep(0.02)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, runner_identity().encode(), 0)
+            os.pwrite(fd, self._identity, 0)
             yield
         finally:
-            os.close(fd)  # releases the flock
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _lock_file(self) -> int | None:
+        """The lock file's descriptor, opened once per connection; None for ``:memory:`` or a folder that refuses it."""
+        if self._lock_fd is None and self.db.path != ":memory:":
+            try:
+                self._lock_fd = os.open(f"{self.db.path}.orchestrator-lock", os.O_RDWR | os.O_CREAT, 0o644)
+                self._identity = runner_identity().encode()
+            except OSError as exc:  # only the busy write lock tells runners and other writers apart then
+                log.warning("%s: cannot open the lock file beside %s (%s): runners are told apart from other "
+                            "writers by the write lock alone", self.dbid, self.db.path, exc.strerror or exc)
+                self._lock_fd = -1
+        return None if self._lock_fd is None or self._lock_fd < 0 else self._lock_fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None and self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock, if held
+        self._lock_fd = None
+        super().close()
 
     def _begin(self) -> None:
         # IMMEDIATE takes the write lock now, so the ledger check that follows cannot go stale.
@@ -352,7 +378,7 @@ class SqliteTarget(SqlTarget):
             self._execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
-                raise LockHeld(self.dbid, self._set_id or "*", f"another writer (waited busy_timeout {self.db.busy_timeout} ms)") from None
+                raise LockHeld(self.dbid, self._set_id or "*", f"another writer (waited busy_timeout {self._busy_ms} ms)") from None
             raise
 
     def _upgrade_1_to_2_sql(self) -> list[str]:

@@ -325,7 +325,8 @@ def test_readonly_status_changes_nothing(tmp_path: Path) -> None:
     finally:
         target.close()
     assert (db.stat().st_mtime_ns, db.stat().st_size) == (stat.st_mtime_ns, stat.st_size)
-    assert sorted(os.listdir(tmp_path)) == ["app.db", "s1"]  # no -wal/-shm: the mode was not switched
+    # no -wal/-shm: the mode was not switched (the runner lock file is the apply's)
+    assert sorted(os.listdir(tmp_path)) == ["app.db", "app.db.orchestrator-lock", "s1"]
 
 
 def test_new_database_and_its_folder_are_created(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,0 +1,248 @@
+"""A plain config.json read without the pydantic models, so a command on one SQLite file starts fast.
+
+Importing pydantic and building the config models costs more than everything
+else a no-op ``up`` does. Most configs use a small part of the schema: targets
+with their connection fields, sets with their targets. :func:`load_plain` reads a
+config that stays inside that part, checking every value as the models would, and
+gives the same :class:`~orchestrator.configtypes.Config` the models give. For
+anything else (another field, a value it is not sure of, a section such as
+``daemon`` or ``inventory``, a fault of any kind) it returns None and the caller
+loads the config with :func:`orchestrator.config.load`, which reads everything
+and words every error: a config is never accepted here that the models refuse,
+and no error is worded here (tests/test_plainconfig.py holds both readers to that).
+
+Only SQLite entries become usable entries; a server entry is checked and named
+(``dbid``) but not built, so callers use a plain config only for a SQLite target.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from orchestrator import defaults
+from orchestrator.configfile import expand, read_json
+from orchestrator.configtypes import (
+    CHARSET,
+    DRIVERS,
+    HOST_ID,
+    IDENT,
+    SECTIONS,
+    SET_NAME,
+    Config,
+    SetSpec,
+    bind_set,
+    sets_directory,
+)
+from orchestrator.durations import parse_duration
+from orchestrator.errors import ConfigError
+from orchestrator.redact import register_secret
+
+__all__ = ["PlainServer", "PlainSqlite", "load_plain"]
+
+JOURNAL_MODES = ("WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY", "OFF", "wal", "delete", "truncate", "persist", "memory", "off")
+
+
+class _NotPlain(Exception):
+    """The config leaves the plain part: the models must read it."""
+
+
+@dataclass(frozen=True)
+class PlainSqlite:
+    """A SQLite entry as :class:`orchestrator.config.SqliteConfig` holds it after loading."""
+
+    driver: ClassVar[str] = "sqlite"
+    host_id: str
+    path: str
+    journal_mode: str = "WAL"
+    busy_timeout: int = defaults.SQLITE_BUSY_TIMEOUT
+    lock_timeout: float | None = None
+    lock_retries: int | None = None
+    statement_timeout: float | None = None
+
+    @property
+    def dbid(self) -> str:
+        return f"sqlite.{self.host_id}"
+
+
+@dataclass(frozen=True)
+class PlainServer:
+    """A server entry, checked but not built: it names a target, nothing connects to it from here."""
+
+    driver: str
+    host_id: str
+
+    @property
+    def dbid(self) -> str:
+        return f"{self.driver}.{self.host_id}"
+
+
+# Per driver: the fields a plain entry may hold, each with its check (the model's type and constraints).
+def _string(value: Any) -> str:
+    if type(value) is not str:  # an ${ENV} expansion, a number, null...: the models decide
+        raise _NotPlain
+    return value
+
+
+def _matching(pattern: str, longest: int | None = None) -> Any:
+    compiled = re.compile(pattern)
+
+    def check(value: Any) -> str:
+        text = _string(value)
+        if compiled.fullmatch(text) is None or (longest is not None and len(text) > longest):
+            raise _NotPlain
+        return text
+    return check
+
+
+def _non_empty(value: Any) -> str:
+    text = _string(value)
+    if not text:
+        raise _NotPlain
+    return text
+
+
+def _integer(low: int, high: int | None = None) -> Any:
+    def check(value: Any) -> int:
+        if type(value) is not int or value < low or (high is not None and value > high):
+            raise _NotPlain
+        return value
+    return check
+
+
+def _one_of(*choices: str) -> Any:
+    def check(value: Any) -> str:
+        text = _string(value)
+        if text not in choices:
+            raise _NotPlain
+        return text
+    return check
+
+
+def _lock_timeout(value: Any) -> float:
+    if type(value) is int and value >= 0:
+        return float(value)
+    text = _string(value)
+    if text.strip().lower() == "off":
+        return 0.0
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise _NotPlain from None
+
+
+_HOST = _matching(HOST_ID)
+_SERVER = {"host_id": _HOST, "ip": _string, "user": _string, "password": _string, "port": _integer(1, 65535)}
+_FIELDS: dict[str, dict[str, Any]] = {
+    "postgresql": {**_SERVER, "dbname": _non_empty, "schema": _non_empty},
+    "mysql": {**_SERVER, "dbname": _non_empty, "charset": _matching(CHARSET)},
+    "redis": {**_SERVER, "dbindex": _integer(0, 1023), "prefix": _string},
+    "sqlite": {"host_id": _HOST, "path": _non_empty, "journal_mode": _one_of(*JOURNAL_MODES),
+               "busy_timeout": _integer(0), "lock_timeout": _lock_timeout, "lock_retries": _integer(0, 1000)},
+}
+_REQUIRED = {"postgresql": ("host_id", "dbname"), "mysql": ("host_id", "dbname"), "redis": ("host_id",),
+             "sqlite": ("host_id", "path")}
+_MIGRATIONS = {"directory": _string, "source_directory": _string, "table": _matching(IDENT, 63),
+               "lock_timeout": _lock_timeout, "lock_retries": _integer(0, 1000)}
+_SET_FIELDS = {"path": _string, "apply": _one_of("auto", "report")}
+_SET_NAME_CHECK = _matching(SET_NAME, 100)
+
+
+def _checked(entry: Any, fields: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    if type(entry) is not dict or any(key not in entry for key in required):
+        raise _NotPlain
+    out = {}
+    for key, value in entry.items():
+        check = fields.get(key)
+        if check is None:
+            raise _NotPlain
+        out[key] = check(value)
+    return out
+
+
+def load_plain(path: str | os.PathLike[str], sqlite_target: str | None = None) -> Config | None:
+    """The config at ``path`` if it stays in the plain part and is valid; None: load it with the models.
+
+    With ``sqlite_target``, also None unless that dbid is one of its SQLite entries.
+    """
+    try:
+        config = _load(Path(path))
+    except (_NotPlain, ConfigError, RecursionError):
+        return None
+    if sqlite_target is not None and not isinstance(config.databases.get(sqlite_target), PlainSqlite):
+        return None
+    return config
+
+
+def _load(path: Path) -> Config:
+    name = str(path)
+    data = expand(read_json(path, name), os.environ, name)
+    for key in data:
+        if key in SECTIONS:
+            if key not in ("databases", "migrations"):
+                raise _NotPlain
+        else:
+            import difflib  # only a config with the application's own sections pays for it
+
+            if difflib.get_close_matches(str(key), list(SECTIONS), n=1, cutoff=0.8):
+                raise _NotPlain  # a misspelt section: the models word it
+    migrations = data.get("migrations", {})
+    if type(migrations) is not dict:
+        raise _NotPlain
+    sets_entries = migrations.get("sets", {})
+    settings = _checked({k: v for k, v in migrations.items() if k != "sets"}, _MIGRATIONS)
+    folder = path.resolve().parent
+    databases = _databases(data.get("databases", {}), folder, settings)
+
+    sets_folder = sets_directory(folder, name, settings.get("directory"), settings.get("source_directory"))
+    directory_field = "migrations.source_directory" if "source_directory" in settings else "migrations.directory"
+    if type(sets_entries) is not dict:
+        raise _NotPlain
+    sets: dict[str, SetSpec] = {}
+    for set_name, raw in sets_entries.items():
+        _SET_NAME_CHECK(set_name)
+        targets_raw = raw.get("targets") if type(raw) is dict else None
+        if type(targets_raw) is not list or not targets_raw:
+            raise _NotPlain
+        entry = _checked({k: v for k, v in raw.items() if k != "targets"}, _SET_FIELDS)
+        patterns = [_string(t) for t in targets_raw]
+        where = f"{name}: migrations.sets.{set_name}"
+        set_folder, targets = bind_set(where, folder, entry.get("path") or None, sets_folder / set_name, patterns,
+                                       databases, directory_field, False)
+        sets[set_name] = SetSpec(name=set_name, folder=set_folder, patterns=tuple(patterns), targets=tuple(targets),
+                                 apply=entry.get("apply", "auto"))
+    return Config(path=path.resolve(), databases=databases, sets=sets, table=settings.get("table", defaults.LEDGER_TABLE),
+                  sets_directory=sets_folder, daemon=None,  # type: ignore[arg-type]  # up reads no daemon settings
+                  origin=dict.fromkeys(databases, "databases"))
+
+
+def _databases(section: Any, folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    if type(section) is not dict or any(driver not in DRIVERS for driver in section):
+        raise _NotPlain
+    databases: dict[str, Any] = {}
+    for driver in DRIVERS:
+        entries = section.get(driver, [])
+        if type(entries) is not list:
+            raise _NotPlain
+        for raw in entries:
+            entry = _checked(raw, _FIELDS[driver], _REQUIRED[driver])
+            dbid = f"{driver}.{entry['host_id']}"
+            if dbid in databases:
+                raise _NotPlain
+            if driver == "sqlite":
+                given = entry["path"]
+                databases[dbid] = PlainSqlite(
+                    host_id=entry["host_id"],
+                    path=str((folder / Path(given).expanduser()).resolve()) if given != ":memory:" else given,
+                    journal_mode=entry.get("journal_mode", "WAL"),
+                    busy_timeout=entry.get("busy_timeout", defaults.SQLITE_BUSY_TIMEOUT),
+                    lock_timeout=entry.get("lock_timeout", settings.get("lock_timeout", defaults.LOCK_TIMEOUT)),
+                    lock_retries=entry.get("lock_retries", settings.get("lock_retries", defaults.LOCK_RETRIES)),
+                )
+            else:
+                register_secret(entry.get("password", ""))
+                databases[dbid] = PlainServer(driver, entry["host_id"])
+    return databases

@@ -1,0 +1,211 @@
+"""The plain config reader against the models: never accepts what they refuse, and reads the same config when it accepts.
+
+``load_plain`` exists so that ``up`` on a SQLite file need not import pydantic. It may
+decline any config (the models then read it); what it must never do is accept a
+config the models refuse, or read one differently. Crafted cases cover each field it
+knows; a seeded random walk of mutations over a rich config covers their mixtures.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.config import _File, load
+from orchestrator.configtypes import SECTIONS
+from orchestrator.errors import ConfigError
+from orchestrator.plainconfig import PlainSqlite, load_plain
+
+BASE: dict[str, Any] = {
+    "main": {"threads": 4},  # the C Web Framework's own sections are ignored
+    "servers": [{"port": 8080}],
+    "databases": {
+        "postgresql": [{"host_id": "p1", "ip": "127.0.0.1", "port": 5432, "dbname": "app", "user": "u", "password": "pw",
+                        "schema": "tenant_1"}],
+        "mysql": [{"host_id": "m1", "port": 3306, "dbname": "app", "charset": "utf8mb4"}],
+        "redis": [{"host_id": "r1", "dbindex": 2, "prefix": "app:"}],
+        "sqlite": [{"host_id": "local", "path": "var/app.db", "journal_mode": "WAL", "busy_timeout": 5000},
+                   {"host_id": "t-2", "path": "var/t2.db", "lock_timeout": "500ms", "lock_retries": 3}],
+    },
+    "migrations": {"directory": "sets", "table": "migration", "lock_timeout": 1, "lock_retries": 4,
+                   "sets": {"s1": {"targets": ["sqlite.*", "postgresql.p1"]},
+                            "s2": {"targets": ["sqlite.local"], "apply": "report", "path": "other/s2"}}},
+}
+
+# Values a mutation may put anywhere: each is wrong somewhere and right somewhere else.
+VALUES: list[Any] = [True, False, None, 0, -1, 1, 7, 5432, 65536, 1024, 1.5, 5.0, "", " ", "x", "a.b", "p1\n", "5432",
+                     "off", "2s", "500ms", "-1s", "WAL", "wal", "walx", "utf8mb4", "utf-8", "auto", "report", "sqlite.local",
+                     "sqlite.*", "nosuch.x", "sqlite.nope", "${HOME}", "$${X}", "é", "x" * 101, [], ["sqlite.local"], {},
+                     {"x": 1}]
+
+
+@pytest.fixture(autouse=True)
+def _own_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both readers register passwords for redaction; the mutated ones ("wal", "auto"...) must not outlive this module."""
+    from orchestrator import redact
+
+    monkeypatch.setattr(redact, "_secrets", set(redact._secrets))
+    monkeypatch.setattr(redact, "_pattern", None)
+
+
+def _write(root: Path, data: Any, text: str | None = None) -> Path:
+    for folder in ("sets/s1", "other/s2", "sets/s2"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    path = root / "config.json"
+    path.write_text(text if text is not None else json.dumps(data))
+    return path
+
+
+def _view(config: Any) -> dict[str, Any]:
+    """What a command reads from a loaded config, for comparing the two readers."""
+    sqlite = {dbid: (e.host_id, e.path, e.journal_mode, e.busy_timeout, e.lock_timeout, e.lock_retries, e.statement_timeout)
+              for dbid, e in config.databases.items() if e.driver == "sqlite"}
+    return {"path": config.path, "dbids": sorted(config.databases), "sqlite": sqlite, "table": config.table,
+            "sets_directory": config.sets_directory, "sets": config.sets, "origin": config.origin,
+            "inventory": config.inventory, "per_server": config.per_server, "notify": config.notify}
+
+
+def _both(path: Path) -> tuple[Any, Any]:
+    """(the models' config or the ConfigError they raised, the plain reader's answer)."""
+    try:
+        full: Any = load(path)
+    except ConfigError as exc:
+        full = exc
+    return full, load_plain(path)
+
+
+def _agree(path: Path) -> Any:
+    full, plain = _both(path)
+    if isinstance(full, ConfigError):
+        assert plain is None, f"the plain reader accepted what the models refuse: {full}"
+    elif plain is not None:
+        assert _view(plain) == _view(full)
+    return plain
+
+
+def test_the_plain_reader_knows_the_sections_the_models_read() -> None:
+    assert SECTIONS == tuple(_File.model_fields)
+
+
+def test_a_plain_config_is_read_as_the_models_read_it(tmp_path: Path) -> None:
+    plain = _agree(_write(tmp_path, BASE))
+    assert plain is not None  # the rich base config is plain: the quick start serves real configs
+    assert isinstance(plain.databases["sqlite.t-2"], PlainSqlite)
+    assert plain.databases["sqlite.t-2"].lock_timeout == 0.5 and plain.databases["sqlite.local"].lock_timeout == 1.0
+
+
+@pytest.mark.parametrize("change", [
+    {"daemon": {"workers": 4}},
+    {"inventory": []},
+    {"notify": []},
+    {"databse": {}},  # misspelt: the models say so
+    {"migrations": {"sets": {"s1": {"targets": ["sqlite.local"], "schedule": {"every": "5m"}}}}},
+    {"databases": {"sqlite": [{"host_id": "local", "path": "a.db", "statement_timeout": "1s"}]}},
+    {"databases": {"postgresql": [{"host_id": "p1", "dbname": "x", "sslmode": "require"}]}},
+])
+def test_what_the_plain_reader_does_not_know_goes_to_the_models(tmp_path: Path, change: dict[str, Any]) -> None:
+    data = {**copy.deepcopy(BASE), **change}
+    assert load_plain(_write(tmp_path, data)) is None
+    _agree(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("text", ['{"databases": {}, "databases": {}}', "[1]", "{", '{"migrations": null}',
+                                  '{"databases": {"sqlite": [{"host_id": "a", "path": "x.db"}, {"host_id": "a", "path": "y.db"}]}}',
+                                  '{"databases": {"sqlite": [{"host_id": "a", "path": "${NO_SUCH_VARIABLE_HERE}"}]}}'])
+def test_faulty_files_go_to_the_models(tmp_path: Path, text: str) -> None:
+    path = _write(tmp_path, None, text)
+    assert load_plain(path) is None
+    with pytest.raises(ConfigError):
+        load(path)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out += _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out += _paths(value, (*prefix, i))
+    return out
+
+
+def _mutate(data: Any, rng: random.Random) -> Any:
+    data = copy.deepcopy(data)
+    for _ in range(rng.randint(1, 3)):
+        path = rng.choice(_paths(data)[1:])
+        parent = data
+        for key in path[:-1]:
+            parent = parent[key]
+        action = rng.random()
+        if action < 0.6:
+            parent[path[-1]] = rng.choice(VALUES)
+        elif action < 0.8 and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[rng.choice(["port", "path", "targets", "ip", "host_id", "table", "busy_timeout", "extra", "apply"])] = rng.choice(VALUES)
+    return data
+
+
+def test_random_mutations_never_make_the_readers_disagree(tmp_path: Path) -> None:
+    rng = random.Random(20261202)
+    accepted = refused = 0
+    for i in range(600):
+        root = tmp_path / str(i)
+        root.mkdir()
+        full, plain = _both(_write(root, _mutate(BASE, rng)))
+        if isinstance(full, ConfigError):
+            refused += 1
+            assert plain is None, f"case {i}: the plain reader accepted what the models refuse: {full}"
+        elif plain is not None:
+            accepted += 1
+            assert _view(plain) == _view(full), f"case {i}"
+    assert accepted > 50 and refused > 100  # both sides of the line were walked
+
+
+def _up(config: Path, dbid: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    code = ("import sys\nfrom orchestrator.cli import main\ncode = main(sys.argv[1:])\n"
+            "print('pydantic' in sys.modules)\nraise SystemExit(code)")
+    return subprocess.run([sys.executable, "-c", code, "up", "all", str(config), dbid, "s1"], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, "PYTHONPATH": str(Path.cwd())}, timeout=120)
+
+
+def _lines(stderr: str) -> list[str]:
+    return [line.split(" | ", 1)[1] for line in stderr.splitlines()]  # without the time
+
+
+def test_up_on_a_sqlite_file_with_a_plain_config_skips_the_models_and_says_the_same(tmp_path: Path) -> None:
+    import sqlite3
+
+    plain_root, full_root = tmp_path / "plain", tmp_path / "full"
+    results = []
+    for root, extra in ((plain_root, {}), (full_root, {"daemon": {"workers": 2}})):  # daemon: the models read it
+        root.mkdir()
+        config = _write(root, {**copy.deepcopy(BASE), **extra})
+        (root / "sets/s1/001_init.sql").write_text("CREATE TABLE t (x int);\n")
+        first, again = _up(config, "sqlite.local", root), _up(config, "sqlite.local", root)
+        with sqlite3.connect(root / "var/app.db") as conn:
+            rows = conn.execute("SELECT set_id, version, status FROM migration").fetchall()
+        results.append((first, again, rows))
+    (p_first, p_again, p_rows), (f_first, f_again, f_rows) = results
+    assert p_first.stdout.strip() == "False" and p_again.stdout.strip() == "False"  # pydantic never imported
+    assert f_first.stdout.strip() == "True"
+    assert (p_first.returncode, p_again.returncode) == (f_first.returncode, f_again.returncode) == (0, 0)
+    assert _lines(p_first.stderr) == [line.replace(str(full_root), str(plain_root)) for line in _lines(f_first.stderr)]
+    assert _lines(p_again.stderr) == _lines(f_again.stderr) == ["INFO | migrations - no new migrations"]
+    assert p_rows == f_rows == [("s1", "001_init", "applied")]
+
+
+def test_up_on_a_server_target_or_an_unknown_one_takes_the_models(tmp_path: Path) -> None:
+    config = _write(tmp_path, BASE)
+    unknown = _up(config, "sqlite.nope", tmp_path)
+    assert unknown.returncode == 2 and unknown.stdout.strip() == "True"
+    assert "unknown target 'sqlite.nope'" in unknown.stderr
