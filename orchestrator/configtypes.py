@@ -15,14 +15,26 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import defaults
 from orchestrator.errors import ConfigError
-from orchestrator.rollout import Caps, Rollout
 
 if TYPE_CHECKING:
     from orchestrator.config import DaemonConfig, DatabaseConfig
     from orchestrator.notify import Hook
+    from orchestrator.rollout import Rollout
 
-__all__ = ["CHARSET", "DRIVERS", "HOST_ID", "IDENT", "SECTIONS", "SET_NAME", "Config", "SetSpec", "bind_set",
-           "check_dbid", "sets_directory"]
+__all__ = [
+    "CHARSET",
+    "DRIVERS",
+    "HOST_ID",
+    "IDENT",
+    "SECTIONS",
+    "SET_NAME",
+    "Caps",
+    "Config",
+    "SetSpec",
+    "bind_set",
+    "check_dbid",
+    "sets_directory",
+]
 
 DRIVERS = ("postgresql", "mysql", "redis", "sqlite")
 SECTIONS = ("databases", "migrations", "daemon", "inventory", "notify")  # of config.json that orchestrator reads
@@ -31,6 +43,24 @@ HOST_ID = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 SET_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 CHARSET = r"^[A-Za-z0-9_]+$"
 C_SETS_DIRECTORY = "migrations"  # under the working directory: the C tool reads ./migrations/<set>
+
+
+@dataclass(frozen=True)
+class Caps:
+    """``until`` (no target gets a newer version) and ``pins`` ((dbid glob, version): those targets stop there)."""
+
+    until: str | None = None
+    pins: tuple[tuple[str, str], ...] = ()
+
+    def cap_for(self, dbid: str) -> str | None:
+        """The newest version a target may have (the lowest of the cap and its matching pins), None: no cap."""
+        caps = [v for pattern, v in self.pins if fnmatch.fnmatchcase(dbid, pattern)]
+        if self.until is not None:
+            caps.append(self.until)
+        return min(caps) if caps else None
+
+    def __bool__(self) -> bool:
+        return self.until is not None or bool(self.pins)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from orchestrator.configtypes import Caps  # a set's until and pins live with the config: see there
+
 __all__ = [
     "Budget",
     "Caps",
@@ -95,24 +97,6 @@ class Rollout:
     waves: tuple[Wave, ...] = ()
     max_failures: Budget = field(default_factory=Budget)
     soak: float = 0.0  # seconds
-
-
-@dataclass(frozen=True)
-class Caps:
-    """``until`` (no target gets a newer version) and ``pins`` ((dbid glob, version): those targets stop there)."""
-
-    until: str | None = None
-    pins: tuple[tuple[str, str], ...] = ()
-
-    def cap_for(self, dbid: str) -> str | None:
-        """The newest version a target may have (the lowest of the cap and its matching pins), None: no cap."""
-        caps = [v for pattern, v in self.pins if fnmatch.fnmatchcase(dbid, pattern)]
-        if self.until is not None:
-            caps.append(self.until)
-        return min(caps) if caps else None
-
-    def __bool__(self) -> bool:
-        return self.until is not None or bool(self.pins)
 
 
 def wave_hash(dbid: str) -> int:
