@@ -45,7 +45,7 @@ import os
 import socket
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from orchestrator.config import DatabaseConfig
@@ -61,13 +61,14 @@ _REGISTRY = {
 }
 
 
-@dataclass(frozen=True)
-class LedgerRow:
+class LedgerRow(NamedTuple):
     """One recorded migration as the target's ledger holds it.
 
     ``status`` is ``applied``, or on engines without transactional DDL ``running``
     (started, outcome unknown) or ``failed``. Rows adopted from a C-tool ledger
-    have ``set_id == ""`` and no checksum.
+    have ``set_id == ""`` and no checksum. A named tuple: a status pass builds one
+    per applied migration of every target, and a tuple is built in a third of a
+    frozen dataclass's time.
     """
 
     version: str

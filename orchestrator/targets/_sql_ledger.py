@@ -220,14 +220,13 @@ class SqlLedger:
         with self._ledger_errors(f"cannot read the ledger {self.ledger_label}"):
             rows = self._ledger_rows(set_id)
         result: dict[str, LedgerRow] = {}
-        for row in rows:
-            entry = LedgerRow(
-                set_id=row[0], version=c_tool_version(row[1]) if row[0] == "" else row[1], apply_time=int(row[2] or 0), checksum=row[3],
-                duration_ms=row[4], status=row[5] or "applied", statement=row[6], error=row[7], applied_by=row[8],
-            )
+        for set_id, version, apply_time, checksum, duration_ms, status, statement, error, applied_by in rows:
+            if set_id == "":
+                version = c_tool_version(version)
             # A set's own row wins over an adopted one of the same version.
-            if entry.version not in result or not entry.legacy:
-                result[entry.version] = entry
+            if version not in result or set_id != "":
+                result[version] = LedgerRow(version, int(apply_time or 0), set_id, checksum, duration_ms, status or "applied",
+                                            statement, error, applied_by)
         return result
 
     def _ledger_rows(self, set_id: str) -> list[Any]:

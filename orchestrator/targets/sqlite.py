@@ -92,8 +92,8 @@ class SqliteTarget(SqlTarget):
                         path.parent.mkdir(parents=True, exist_ok=True)
                     except (FileExistsError, NotADirectoryError):
                         raise TargetUnreachable(self.dbid, f"cannot create folder {path.parent}: part of that path is a file") from None
+                # connect's timeout is SQLite's busy timeout (sqlite3_busy_timeout): no PRAGMA round needed.
                 self.connection = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-                self.connection.execute(f"PRAGMA busy_timeout = {int(self.db.busy_timeout)}")
                 self._set_journal_mode()
                 if new:  # said out loud: a typo in the path would otherwise quietly start a new database
                     log.info("%s: created new database %s", self.dbid, path)
