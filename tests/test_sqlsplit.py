@@ -575,3 +575,25 @@ def test_realworld_flipt_mysql() -> None:
             assert re.match(r"(CREATE|ALTER|INSERT|UPDATE|DELETE|DROP)\b", s.text), s.text[:40]
     assert counts == FLIPT_COUNTS
     assert sum(counts.values()) == 74
+
+
+def test_identifier_classes_written_as_complements_match_what_the_ranges_matched() -> None:
+    """The classes are written as complements of ASCII sets (fast to compile); every code point agrees with the range form."""
+    import re
+
+    from orchestrator.sqlsplit._lexical import ID_CHAR, ID_START, ascii_but, every_but_ascii
+
+    pairs = [
+        (ID_CHAR, "[0-9A-Za-z_$\x80-\U0010ffff]"),
+        (ID_START, "[A-Za-z_\x80-\U0010ffff]"),
+        (every_but_ascii(set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")), "[0-9A-Za-z_\x80-\U0010ffff]"),
+        (ascii_but(set("'\"`#;-/0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_$")),
+         "[^'\"`#;\\-/0-9A-Za-z_$\x80-\U0010ffff]"),
+    ]
+    # every BMP code point, and every 257th beyond it (the ranges are contiguous there)
+    points = [*range(0x10000), *range(0x10000, 0x110000, 257), 0x10FFFF]
+    for flags in (0, re.IGNORECASE):
+        for fast, ranged in pairs:
+            fast_re, ranged_re = re.compile(fast, flags), re.compile(ranged, flags)
+            differ = [hex(c) for c in points if bool(fast_re.match(chr(c))) != bool(ranged_re.match(chr(c)))]
+            assert differ == [], (fast, ranged, flags, differ[:5])

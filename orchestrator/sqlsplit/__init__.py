@@ -15,10 +15,11 @@ makes the rest of the file the last statement, for the server to report.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["Statement", "line_of", "mysql_parts", "split"]
+__all__ = ["Statement", "line_of", "mysql_parts", "pg_dollar_quote", "split"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,13 @@ def mysql_parts(statement: Statement) -> list[Statement]:
 
 
 _DIALECTS = ("mysql", "postgresql", "sqlite")
+
+
+def pg_dollar_quote() -> re.Pattern[str]:
+    """PostgreSQL's dollar quote (``$$`` or ``$tag$``) as the splitter reads it, compiled on first use."""
+    from orchestrator.sqlsplit import _postgresql
+
+    return _postgresql.DOLLAR_QUOTE()
 
 
 def _scanner(dialect: str) -> Callable[[str], Iterator[tuple[int, ...]]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from orchestrator.sqlsplit._lexical import BLOCK_COMMENT, IDCH, lazy
+from orchestrator.sqlsplit._lexical import BLOCK_COMMENT, ID_CHAR, IDCH_ASCII, ascii_but, lazy
 
 _MY_TOKENS = (
     r"'(?:[^'\\]++|\\[\s\S])*+'"
@@ -18,6 +18,8 @@ _MY_TOKENS = (
     # every /* */ is skipped whole, /*! ... */ too: no split inside
     "|" + BLOCK_COMMENT + r"|-|/(?!\*)"
 )
+# Nothing that can start a quote, a comment, a ';' or a word.
+_COMPOUND_PLAIN = ascii_but(IDCH_ASCII | set("'\"`#;-/"))
 _MY_COMMENT = r"#[^\n]*+|--(?=\s|\Z)[^\n]*+|" + BLOCK_COMMENT
 # /*! and /*M! hold code the server runs, so they are never leading comments.
 _MY_LEAD = lazy(r"(?:\s++|#[^\n]*+|--(?=\s|\Z)[^\n]*+|/\*(?!!|M!)(?:[^*]++|\*(?!/))*+\*/)*+")
@@ -33,19 +35,19 @@ _MY_COMPOUND = lazy(
     r"(?:sql\s+security\s+\w+\s+)?(?:aggregate\s+)?"
     r"(?:procedure|function|trigger|event)"
     r"|begin\s+not\s+atomic)"
-    rf"(?![{IDCH}])",
+    rf"(?!{ID_CHAR})",
     re.IGNORECASE,
 )
 _MY_RUN_COMPOUND = lazy(
-    rf"""(?:[^'"`#;\-/{IDCH}]++"""
+    rf"(?:{_COMPOUND_PLAIN}++"
     # a word that is not BEGIN/CASE/END, or is a column (t.end)
-    rf"|(?:(?<=\.)|(?!(?i:begin|case|end)(?![{IDCH}])))[{IDCH}]++"
+    rf"|(?:(?<=\.)|(?!(?i:begin|case|end)(?!{ID_CHAR}))){ID_CHAR}++"
     "|" + _MY_TOKENS + ")*+"
 )
-_MY_WORD = lazy(rf"[{IDCH}]++")
+_MY_WORD = lazy(rf"{ID_CHAR}++")
 # After END: IF/LOOP/WHILE/REPEAT/FOR close blocks whose openers were not counted.
 _MY_END_SUFFIX = lazy(
-    r"(?:\s++|" + _MY_COMMENT + r")*+(?:(if|loop|while|repeat|for)|case)" + rf"(?![{IDCH}])",
+    r"(?:\s++|" + _MY_COMMENT + r")*+(?:(if|loop|while|repeat|for)|case)" + rf"(?!{ID_CHAR})",
     re.IGNORECASE,
 )
 _MY_RUNS: dict[str, re.Pattern[str]] = {}

@@ -7,11 +7,25 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from orchestrator.sqlsplit._lexical import BLOCK_COMMENT, IDCH, IDSTART, lazy
+from orchestrator.sqlsplit._lexical import (
+    BLOCK_COMMENT,
+    ID_CHAR,
+    ID_START,
+    IDCH_ASCII,
+    IDSTART_ASCII,
+    ascii_but,
+    every_but_ascii,
+    lazy,
+)
+
+_START_OR_DOLLAR = every_but_ascii(IDSTART_ASCII | {"$"})
+_DOLLAR_TAG_CHAR = every_but_ascii(IDCH_ASCII - {"$"})
+# Nothing that can start a quote, a comment, a parenthesis, a ';' or a word.
+_ROUTINE_PLAIN = ascii_but(IDSTART_ASCII | set("'\"$;-/()\\"))
 
 _PG_TOKENS = (
     # '...' ('' is a quote), unless a lone E prefixes it
-    rf"(?:(?<![eE])|(?<=[{IDCH}][eE]))'[^']*+'"
+    rf"(?:(?<![eE])|(?<={ID_CHAR}[eE]))'[^']*+'"
     # E'...' also takes backslash escapes ('' still doubles, and the escapes go on after it)
     rf"|(?<=[eE])'(?:[^'\\]++|\\[\s\S]|'')*+'"
     r'|"[^"]*+"'
@@ -20,7 +34,7 @@ _PG_TOKENS = (
     r"|/\*(?:[^*/]++|\*(?!/)|/(?!\*))*+\*/"
     r"|-|/(?!\*)"
     # a $ inside an identifier or before a digit cannot open a dollar quote
-    rf"|(?<=[{IDCH}])\$|\$(?![{IDSTART}$])"
+    rf"|(?<={ID_CHAR})\$|\$(?!{_START_OR_DOLLAR})"
 )
 
 
@@ -41,24 +55,24 @@ _PG_RUN = lazy(r"""(?:[^'"$;\-/()\\]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*
 _PG_RUN_IN_PARENS = lazy(r"""(?:[^'"$\-/()\\]++|""" + _PG_TOKENS + "|" + _PG_PARENS + ")*+")
 # In CREATE FUNCTION/PROCEDURE, also stop at BEGIN, CASE and END.
 _PG_RUN_ROUTINE = lazy(
-    rf"""(?:[^'"$;\-/()\\{IDSTART}]++"""
-    rf"|(?!(?i:begin|case|end)(?![{IDCH}]))[{IDSTART}][{IDCH}]*+"
+    rf"(?:{_ROUTINE_PLAIN}++"
+    rf"|(?!(?i:begin|case|end)(?!{ID_CHAR})){ID_START}{ID_CHAR}*+"
     "|" + _PG_TOKENS + "|" + _PG_PARENS + ")*+"
 )
-_PG_WORD = lazy(rf"[{IDSTART}][{IDCH}]*+")
-_PG_DOLLAR = lazy(rf"\$(?:[{IDSTART}][0-9A-Za-z_\x80-\U0010ffff]*+)?\$")
+_PG_WORD = lazy(rf"{ID_START}{ID_CHAR}*+")
+_PG_DOLLAR = DOLLAR_QUOTE = lazy(rf"\$(?:{ID_START}{_DOLLAR_TAG_CHAR}*+)?\$")
 _PG_LEAD = lazy(r"(?:\s++|--[^\n]*+|/\*(?:[^*/]++|\*(?!/)|/(?!\*))*+\*/)*+")
 _PG_NESTED = lazy(r"/\*|\*/")
 _PG_SEP = r"(?:\s++|--[^\n]*+|" + BLOCK_COMMENT + ")+"
-_PG_COPY = lazy(rf"copy(?![{IDCH}])", re.IGNORECASE)
+_PG_COPY = lazy(rf"copy(?!{ID_CHAR})", re.IGNORECASE)
 # FROM STDIN outside quotes and comments (those are blanked out first)
-_PG_FROM_STDIN = lazy(rf"(?<![{IDCH}])from\s+stdin(?![{IDCH}])", re.IGNORECASE)
+_PG_FROM_STDIN = lazy(rf"(?<!{ID_CHAR})from\s+stdin(?!{ID_CHAR})", re.IGNORECASE)
 _PG_QUOTED = lazy(_PG_TOKENS)
 # psql's end-of-data line; copy.c accepts "\\.\n" and "\\.\r\n"
 _PG_COPY_END = lazy(r"^\\\.\r?(?:\n|\Z)", re.MULTILINE)
 _PG_META_SKIP = lazy(r"\\(?:un)?restrict(?![^\s\\])")
 _PG_ROUTINE = lazy(
-    rf"create{_PG_SEP}(?:or{_PG_SEP}replace{_PG_SEP})?(?:function|procedure)(?![{IDCH}])",
+    rf"create{_PG_SEP}(?:or{_PG_SEP}replace{_PG_SEP})?(?:function|procedure)(?!{ID_CHAR})",
     re.IGNORECASE,
 )
 

@@ -30,6 +30,7 @@ from orchestrator import defaults
 from orchestrator.errors import LockHeld, MigrationError, OrchestratorError, TargetUnreachable
 from orchestrator.locktimeout import LockPolicy, pg_blocker, pg_is_lock_timeout, pg_relations, pg_settings
 from orchestrator.redact import redact
+from orchestrator.sqlsplit import pg_dollar_quote
 from orchestrator.targets import runner_identity
 from orchestrator.targets._deadline import Deadline
 from orchestrator.targets._sql import SqlTarget
@@ -48,7 +49,6 @@ _MISSING_COLUMN = "42703"
 _LOCK_NOT_AVAILABLE = "55P03"
 _UNIQUE_VIOLATION = "23505"
 _PLPGSQL_LINE = re.compile(r"PL/pgSQL function inline_code_block line (\d+)")
-_DO_BODY = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][0-9A-Za-z_\x80-\U0010ffff]*)?\$")
 _SERVER_PREFIX = re.compile(r'^(?:connection failed:\s*)?(?:connection to server (?:at|on) "[^"]*"(?: \([^)]*\))?,? (?:port \d+ )?failed:\s*)?')
 _SEVERITY = re.compile(r"^(?:FATAL|ERROR|PANIC):\s+")
 _DETAIL_MAX = 160
@@ -456,7 +456,7 @@ class PostgresqlTarget(SqlTarget):
         if position and str(position).isdigit():
             return ErrorAt(message, statement, offset=int(position) - 1)
         plpgsql = _PLPGSQL_LINE.search(context)
-        body = _DO_BODY.search(statement.text) if plpgsql and re.match(r"DO\b", statement.text, re.I) else None
+        body = pg_dollar_quote().search(statement.text) if plpgsql and re.match(r"DO\b", statement.text, re.I) else None
         if plpgsql and body:  # PL/pgSQL counts lines from the one holding the opening dollar quote
             return ErrorAt(message, statement, offset=body.start(), line=int(plpgsql.group(1)))
         return ErrorAt(message, statement)
