@@ -238,8 +238,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             raise ConfigError(f"up: count must be 'all' or a positive number, not {count!r}")
     else:
         raise ConfigError("usage: orchestrator up [all|N] CONFIG DBID SET")
-    # A plain config and a SQLite target need not load the config models: a quick start.
-    config = load_plain(config_path, sqlite_target=dbid) or _load(config_path)[0]
+    config = load_plain(config_path, target=dbid) or _load(config_path)[0]  # a plain config: no models to load
     migration_set = _resolve_set(config, set_name)
     set_name = migration_set.name
     if args.to is not None:
@@ -342,8 +341,10 @@ def _cmd_lint(args: argparse.Namespace) -> int:
 def _cmd_fleet(args: argparse.Namespace) -> int:
     """``catch-up``, ``status`` and ``plan``: one log line per binding as it ends, then the report."""
     from orchestrator import defaults, render, waves
+    from orchestrator.plainconfig import load_plain
 
-    config, resolution = _load(args.config)
+    plain = load_plain(args.config)  # a plain config: no models to load (see orchestrator.plainconfig)
+    config, resolution = (plain, None) if plain is not None else _load(args.config)
     _check_fleet_args(config, args)
     per_target: dict[str, int] = {}  # bindings per selected target: the bar advances when a target's last one ends
     for _, dbid in config.bindings(args.set_name, args.target):

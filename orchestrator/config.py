@@ -361,6 +361,7 @@ def _build(path: Path, name: str, raw: _File) -> Config:
         inventory_refresh=raw.migrations.inventory_refresh,
         origin=dict.fromkeys(databases, "databases"),
         per_server=raw.migrations.per_server,
+        workers=raw.daemon.workers if "workers" in raw.daemon.model_fields_set else None,
         notify=hooks_of(raw.notify),
     )
 

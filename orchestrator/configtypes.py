@@ -89,6 +89,7 @@ class Config:
     sets_directory: Path
     daemon: DaemonConfig
     per_server: int | None = None  # migrations.per_server
+    workers: int | None = None  # daemon.workers as written in the file; None: not written (each caller's default)
     notify: tuple[Hook, ...] = ()
     inventory: list[dict[str, Any]] = field(default_factory=list)  # source declarations, as written
     inventory_refresh: float = defaults.INVENTORY_REFRESH

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator import defaults
 from orchestrator.concurrency import budgets
-from orchestrator.config import Config, load
+from orchestrator.configtypes import Config
 from orchestrator.errors import ConfigError, LockHeld, OrchestratorError, TargetUnreachable
 from orchestrator.runner import blocking_row
 from orchestrator.runner import run as run_set
@@ -39,7 +39,7 @@ from orchestrator.state import STATES, BindingStatus, FleetReport, SetInfo, asse
 if TYPE_CHECKING:
     from orchestrator.targets import Applied, LedgerRow, Target
 
-__all__ = ["STATES", "BindingStatus", "FleetReport", "Run", "catch_up", "catch_up_target", "plan", "prepare",
+__all__ = ["STATES", "BindingStatus", "FleetReport", "Run", "catch_up", "catch_up_target", "loaded", "plan", "prepare",
            "read_status", "shard_of", "status"]
 
 log = logging.getLogger("fleet")
@@ -91,7 +91,7 @@ def prepare(config: Config | str | Path, set_name: str | None = None, target: st
             config_name: str | None = None, slots: threading.Semaphore | None = None,
             servers: ServerSlots | None = None, allow: Allow | None = None) -> Run:
     """Select the bindings of a run (by set, target glob, shard and ``skip(set, dbid)``) and read their sets once."""
-    config = config if isinstance(config, Config) else load(config)
+    config = config if isinstance(config, Config) else loaded(config)
     if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
         raise ConfigError(f"bad shard {shard[0]}/{shard[1]}: expected I/N with 0 <= I < N")
     groups: dict[str, list[str]] = {}
@@ -111,6 +111,13 @@ def prepare(config: Config | str | Path, set_name: str | None = None, target: st
                servers=servers if servers is not None else ServerSlots(config.per_server))
 
 
+def loaded(path: str | Path) -> Config:
+    """A config file loaded with its models (imported here: a caller passing a Config never pays for them)."""
+    from orchestrator.config import load
+
+    return load(path)
+
+
 # -- fan-out over the targets ----------------------------------------------------
 
 Work = Callable[[Run, str], list[BindingStatus]]
@@ -121,8 +128,8 @@ def _fan_out(run: Run, work: Work, workers: int | None, command: str) -> FleetRe
     started = time.monotonic()
     order = {(spec.name, dbid): i for i, (spec, dbid) in enumerate(run.config.bindings())}
     results: list[BindingStatus] = []
-    if workers is None and "workers" in run.config.daemon.model_fields_set:
-        workers = run.config.daemon.workers  # written in the config: one budget for all, as given
+    if workers is None and run.config.workers is not None:
+        workers = run.config.workers  # written in the config: one budget for all, as given
     # Without a count, SQLite files and server targets get pools of their own (see orchestrator.concurrency).
     pools = [(ThreadPoolExecutor(max_workers=count, thread_name_prefix=_pool_name(workers, dbids)), dbids)
              for count, dbids in budgets(((dbid, dbid.split(".", 1)[0]) for dbid in run.groups), workers)]

@@ -11,8 +11,9 @@ loads the config with :func:`orchestrator.config.load`, which reads everything
 and words every error: a config is never accepted here that the models refuse,
 and no error is worded here (tests/test_plainconfig.py holds both readers to that).
 
-Only SQLite entries become usable entries; a server entry is checked and named
-(``dbid``) but not built, so callers use a plain config only for a SQLite target.
+Entries come out as small frozen dataclasses with the models' attribute names and
+defaults (``password`` answers ``get_secret_value()`` as a ``SecretStr`` does), so
+the targets read them as they read the models.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from orchestrator.durations import parse_duration
 from orchestrator.errors import ConfigError
 from orchestrator.redact import register_secret
 
-__all__ = ["PlainServer", "PlainSqlite", "load_plain"]
+__all__ = ["PlainMysql", "PlainPostgresql", "PlainRedis", "PlainSecret", "PlainSqlite", "load_plain"]
 
 JOURNAL_MODES = ("WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY", "OFF", "wal", "delete", "truncate", "persist", "memory", "off")
 
@@ -50,34 +51,103 @@ class _NotPlain(Exception):
     """The config leaves the plain part: the models must read it."""
 
 
-@dataclass(frozen=True)
-class PlainSqlite:
-    """A SQLite entry as :class:`orchestrator.config.SqliteConfig` holds it after loading."""
+class PlainSecret:
+    """A password as the models' ``SecretStr`` holds it: masked when shown, the value from ``get_secret_value()``."""
 
-    driver: ClassVar[str] = "sqlite"
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __str__(self) -> str:
+        return "**********" if self._value else ""
+
+    def __repr__(self) -> str:
+        return f"SecretStr({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PlainSecret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+_NO_PASSWORD = PlainSecret("")
+
+
+@dataclass(frozen=True)
+class _Entry:
     host_id: str
-    path: str
-    journal_mode: str = "WAL"
-    busy_timeout: int = defaults.SQLITE_BUSY_TIMEOUT
     lock_timeout: float | None = None
     lock_retries: int | None = None
     statement_timeout: float | None = None
-
-    @property
-    def dbid(self) -> str:
-        return f"sqlite.{self.host_id}"
-
-
-@dataclass(frozen=True)
-class PlainServer:
-    """A server entry, checked but not built: it names a target, nothing connects to it from here."""
-
-    driver: str
-    host_id: str
+    driver: ClassVar[str] = ""
 
     @property
     def dbid(self) -> str:
         return f"{self.driver}.{self.host_id}"
+
+
+@dataclass(frozen=True)
+class PlainSqlite(_Entry):
+    """A SQLite entry as :class:`orchestrator.config.SqliteConfig` holds it after loading."""
+
+    driver: ClassVar[str] = "sqlite"
+    path: str = ""
+    journal_mode: str = "WAL"
+    busy_timeout: int = defaults.SQLITE_BUSY_TIMEOUT
+
+
+@dataclass(frozen=True)
+class _PlainServer(_Entry):
+    ip: str = "127.0.0.1"
+    user: str = ""
+    password: PlainSecret = _NO_PASSWORD
+    connection_timeout: int | None = None
+
+    @property
+    def timeout(self) -> int:
+        return self.connection_timeout or defaults.CONNECT_TIMEOUT[self.driver]
+
+
+@dataclass(frozen=True)
+class PlainPostgresql(_PlainServer):
+    driver: ClassVar[str] = "postgresql"
+    port: int = 5432
+    dbname: str = ""
+    schema_: str = "public"
+    pooling: str = "session"
+    sslmode: str | None = None
+    keepalive: int = defaults.KEEPALIVE
+    tcp_user_timeout: int = defaults.TCP_USER_TIMEOUT
+
+
+@dataclass(frozen=True)
+class PlainMysql(_PlainServer):
+    driver: ClassVar[str] = "mysql"
+    port: int = 3306
+    dbname: str = ""
+    charset: str = "utf8mb4"
+    tls: bool = False
+    keepalive: int = defaults.KEEPALIVE
+    tcp_user_timeout: int = defaults.TCP_USER_TIMEOUT
+    online_alter: bool | None = None
+
+
+@dataclass(frozen=True)
+class PlainRedis(_PlainServer):
+    driver: ClassVar[str] = "redis"
+    port: int = 6379
+    dbindex: int = 0
+    prefix: str = ""
+    tls: bool = False
+
+
+_CLASSES: dict[str, type[_Entry]] = {"postgresql": PlainPostgresql, "mysql": PlainMysql, "redis": PlainRedis,
+                                     "sqlite": PlainSqlite}
 
 
 # Per driver: the fields a plain entry may hold, each with its check (the model's type and constraints).
@@ -134,21 +204,35 @@ def _lock_timeout(value: Any) -> float:
         raise _NotPlain from None
 
 
+def _boolean(value: Any) -> bool:
+    if type(value) is not bool:
+        raise _NotPlain
+    return value
+
+
 _HOST = _matching(HOST_ID)
-_SERVER = {"host_id": _HOST, "ip": _string, "user": _string, "password": _string, "port": _integer(1, 65535)}
+_LOCKS = {"lock_timeout": _lock_timeout, "lock_retries": _integer(0, 1000), "statement_timeout": _lock_timeout}
+_SERVER = {"host_id": _HOST, "ip": _string, "user": _string, "password": _string, "port": _integer(1, 65535),
+           "connection_timeout": _integer(1, 600)}
+_TCP = {"keepalive": _integer(0, 7200), "tcp_user_timeout": _integer(0, 7200)}
 _FIELDS: dict[str, dict[str, Any]] = {
-    "postgresql": {**_SERVER, "dbname": _non_empty, "schema": _non_empty},
-    "mysql": {**_SERVER, "dbname": _non_empty, "charset": _matching(CHARSET)},
-    "redis": {**_SERVER, "dbindex": _integer(0, 1023), "prefix": _string},
+    "postgresql": {**_SERVER, **_TCP, **_LOCKS, "dbname": _non_empty, "schema": _non_empty,
+                   "pooling": _one_of("session", "transaction"),
+                   "sslmode": _one_of("disable", "allow", "prefer", "require", "verify-ca", "verify-full")},
+    "mysql": {**_SERVER, **_TCP, **_LOCKS, "dbname": _non_empty, "charset": _matching(CHARSET), "tls": _boolean,
+              "online_alter": _boolean},
+    "redis": {**_SERVER, "dbindex": _integer(0, 1023), "prefix": _string, "tls": _boolean},
     "sqlite": {"host_id": _HOST, "path": _non_empty, "journal_mode": _one_of(*JOURNAL_MODES),
-               "busy_timeout": _integer(0), "lock_timeout": _lock_timeout, "lock_retries": _integer(0, 1000)},
+               "busy_timeout": _integer(0), **_LOCKS},
 }
 _REQUIRED = {"postgresql": ("host_id", "dbname"), "mysql": ("host_id", "dbname"), "redis": ("host_id",),
              "sqlite": ("host_id", "path")}
 _MIGRATIONS = {"directory": _string, "source_directory": _string, "table": _matching(IDENT, 63),
-               "lock_timeout": _lock_timeout, "lock_retries": _integer(0, 1000)}
+               "lock_timeout": _lock_timeout, "lock_retries": _integer(0, 1000), "statement_timeout": _lock_timeout,
+               "mysql_online_alter": _boolean}
 _SET_FIELDS = {"path": _string, "apply": _one_of("auto", "report")}
 _SET_NAME_CHECK = _matching(SET_NAME, 100)
+_DAEMON = {"workers": _integer(1, 512)}
 
 
 def _checked(entry: Any, fields: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -163,16 +247,16 @@ def _checked(entry: Any, fields: dict[str, Any], required: tuple[str, ...] = ())
     return out
 
 
-def load_plain(path: str | os.PathLike[str], sqlite_target: str | None = None) -> Config | None:
+def load_plain(path: str | os.PathLike[str], target: str | None = None) -> Config | None:
     """The config at ``path`` if it stays in the plain part and is valid; None: load it with the models.
 
-    With ``sqlite_target``, also None unless that dbid is one of its SQLite entries.
+    With ``target``, also None unless that dbid is one of its entries (the models word the error).
     """
     try:
         config = _load(Path(path))
     except (_NotPlain, ConfigError, RecursionError):
         return None
-    if sqlite_target is not None and not isinstance(config.databases.get(sqlite_target), PlainSqlite):
+    if target is not None and target not in config.databases:
         return None
     return config
 
@@ -182,7 +266,7 @@ def _load(path: Path) -> Config:
     data = expand(read_json(path, name), os.environ, name)
     for key in data:
         if key in SECTIONS:
-            if key not in ("databases", "migrations"):
+            if key not in ("databases", "migrations", "daemon"):
                 raise _NotPlain
         else:
             import difflib  # only a config with the application's own sections pays for it
@@ -194,6 +278,7 @@ def _load(path: Path) -> Config:
         raise _NotPlain
     sets_entries = migrations.get("sets", {})
     settings = _checked({k: v for k, v in migrations.items() if k != "sets"}, _MIGRATIONS)
+    daemon = _checked(data.get("daemon", {}), _DAEMON)  # workers only: the daemon command reads the rest with the models
     folder = path.resolve().parent
     databases = _databases(data.get("databases", {}), folder, settings)
 
@@ -215,8 +300,8 @@ def _load(path: Path) -> Config:
         sets[set_name] = SetSpec(name=set_name, folder=set_folder, patterns=tuple(patterns), targets=tuple(targets),
                                  apply=entry.get("apply", "auto"))
     return Config(path=path.resolve(), databases=databases, sets=sets, table=settings.get("table", defaults.LEDGER_TABLE),
-                  sets_directory=sets_folder, daemon=None,  # type: ignore[arg-type]  # up reads no daemon settings
-                  origin=dict.fromkeys(databases, "databases"))
+                  sets_directory=sets_folder, daemon=None,  # type: ignore[arg-type]  # only the daemon reads it
+                  origin=dict.fromkeys(databases, "databases"), workers=daemon.get("workers"))
 
 
 def _databases(section: Any, folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -228,21 +313,32 @@ def _databases(section: Any, folder: Path, settings: dict[str, Any]) -> dict[str
         if type(entries) is not list:
             raise _NotPlain
         for raw in entries:
-            entry = _checked(raw, _FIELDS[driver], _REQUIRED[driver])
-            dbid = f"{driver}.{entry['host_id']}"
+            fields = _checked(raw, _FIELDS[driver], _REQUIRED[driver])
+            dbid = f"{driver}.{fields['host_id']}"
             if dbid in databases:
                 raise _NotPlain
-            if driver == "sqlite":
-                given = entry["path"]
-                databases[dbid] = PlainSqlite(
-                    host_id=entry["host_id"],
-                    path=str((folder / Path(given).expanduser()).resolve()) if given != ":memory:" else given,
-                    journal_mode=entry.get("journal_mode", "WAL"),
-                    busy_timeout=entry.get("busy_timeout", defaults.SQLITE_BUSY_TIMEOUT),
-                    lock_timeout=entry.get("lock_timeout", settings.get("lock_timeout", defaults.LOCK_TIMEOUT)),
-                    lock_retries=entry.get("lock_retries", settings.get("lock_retries", defaults.LOCK_RETRIES)),
-                )
-            else:
-                register_secret(entry.get("password", ""))
-                databases[dbid] = PlainServer(driver, entry["host_id"])
+            databases[dbid] = _entry(driver, fields, folder, settings)
     return databases
+
+
+def _entry(driver: str, fields: dict[str, Any], folder: Path, settings: dict[str, Any]) -> _Entry:
+    """The entry with the defaults the models fill in (:func:`orchestrator.config._build` does the same)."""
+    # Redis never waits for a lock (MULTI/EXEC); SQLite has no statement timeout.
+    inherited = {"redis": (), "sqlite": ("lock_timeout", "lock_retries")}.get(
+        driver, ("lock_timeout", "lock_retries", "statement_timeout"))
+    for setting in inherited:
+        fields.setdefault(setting, settings.get(setting, _MIGRATION_DEFAULTS[setting]))
+    if driver == "mysql":
+        fields.setdefault("online_alter", settings.get("mysql_online_alter", False))
+    if driver == "sqlite":
+        given = fields["path"]
+        fields["path"] = str((folder / Path(given).expanduser()).resolve()) if given != ":memory:" else given
+    else:
+        register_secret(fields.get("password", ""))
+        fields["password"] = PlainSecret(fields.get("password", ""))
+    if "schema" in fields:
+        fields["schema_"] = fields.pop("schema")
+    return _CLASSES[driver](**fields)
+
+
+_MIGRATION_DEFAULTS = {"lock_timeout": defaults.LOCK_TIMEOUT, "lock_retries": defaults.LOCK_RETRIES, "statement_timeout": 0.0}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import defaults, fleet
-from orchestrator.config import Config, load
+from orchestrator.configtypes import Config
 from orchestrator.notify import Notifier, Once, event
 from orchestrator.rollout import Budget, FailureBudget, Gate, RolloutPlan, TargetView, plan
 from orchestrator.serverslots import ServerSlots
@@ -101,7 +101,7 @@ def status(config: Config | str | Path, set_name: str | None = None, target: str
            on_result: Callable[[BindingStatus], None] | None = None, config_name: str | None = None,
            command: str = "status") -> FleetReport:
     """``fleet.status`` (or plan) with rollout gates: held and capped bindings say so, ``pending`` is what catch-up would apply."""
-    config = config if isinstance(config, Config) else load(config)
+    config = config if isinstance(config, Config) else fleet.loaded(config)
     report = fleet.status(config, set_name, target, workers, shard, on_result, config_name=config_name)
     report.command = command
     sets = gated_sets(config, set_name)
@@ -211,7 +211,7 @@ def catch_up(config: Config | str | Path, set_name: str | None = None, target: s
     ``always`` (one run.finished per run) or ``changes`` (only when something was applied or failed).
     """
     started = time.monotonic()
-    config = config if isinstance(config, Config) else load(config)
+    config = config if isinstance(config, Config) else fleet.loaded(config)
     notices = notices if notices is not None else Once()
     sets = gated_sets(config, set_name)
     common: dict[str, Any] = {"workers": workers, "shard": shard, "should_stop": should_stop, "lock_wait": lock_wait,
@@ -266,7 +266,7 @@ def catch_up(config: Config | str | Path, set_name: str | None = None, target: s
 def catch_up_notifying(config: Config | str | Path, *args: Any, **kw: Any) -> FleetReport:
     """:func:`catch_up` with the config's webhooks; at the end, queued events get ``defaults.NOTIFY_FLUSH`` seconds
     (a dead receiver costs at most that, said in one line)."""
-    config = config if isinstance(config, Config) else load(config)
+    config = config if isinstance(config, Config) else fleet.loaded(config)
     notifier = Notifier(config.notify)
     try:
         return catch_up(config, *args, **{**kw, "notifier": notifier})

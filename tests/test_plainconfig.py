@@ -28,23 +28,28 @@ BASE: dict[str, Any] = {
     "main": {"threads": 4},  # the C Web Framework's own sections are ignored
     "servers": [{"port": 8080}],
     "databases": {
-        "postgresql": [{"host_id": "p1", "ip": "127.0.0.1", "port": 5432, "dbname": "app", "user": "u", "password": "pw",
-                        "schema": "tenant_1"}],
-        "mysql": [{"host_id": "m1", "port": 3306, "dbname": "app", "charset": "utf8mb4"}],
-        "redis": [{"host_id": "r1", "dbindex": 2, "prefix": "app:"}],
+        "postgresql": [{"host_id": "p1", "ip": "127.0.0.1", "port": 5432, "dbname": "app", "user": "u", "password": "pw-secret",
+                        "schema": "tenant_1", "sslmode": "prefer", "keepalive": 30, "connection_timeout": 4,
+                        "lock_timeout": "500ms"},
+                       {"host_id": "p2", "dbname": "app2", "pooling": "transaction", "tcp_user_timeout": 0,
+                        "statement_timeout": "1m", "lock_retries": 0}],
+        "mysql": [{"host_id": "m1", "port": 3306, "dbname": "app", "charset": "utf8mb4", "tls": True, "online_alter": False}],
+        "redis": [{"host_id": "r1", "dbindex": 2, "prefix": "app:", "password": "redis-pw", "user": "default"}],
         "sqlite": [{"host_id": "local", "path": "var/app.db", "journal_mode": "WAL", "busy_timeout": 5000},
                    {"host_id": "t-2", "path": "var/t2.db", "lock_timeout": "500ms", "lock_retries": 3}],
     },
     "migrations": {"directory": "sets", "table": "migration", "lock_timeout": 1, "lock_retries": 4,
+                   "statement_timeout": "off", "mysql_online_alter": True,
                    "sets": {"s1": {"targets": ["sqlite.*", "postgresql.p1"]},
-                            "s2": {"targets": ["sqlite.local"], "apply": "report", "path": "other/s2"}}},
+                            "s2": {"targets": ["sqlite.local", "mysql.*", "redis.r1"], "apply": "report", "path": "other/s2"}}},
+    "daemon": {"workers": 6},
 }
 
 # Values a mutation may put anywhere: each is wrong somewhere and right somewhere else.
 VALUES: list[Any] = [True, False, None, 0, -1, 1, 7, 5432, 65536, 1024, 1.5, 5.0, "", " ", "x", "a.b", "p1\n", "5432",
                      "off", "2s", "500ms", "-1s", "WAL", "wal", "walx", "utf8mb4", "utf-8", "auto", "report", "sqlite.local",
                      "sqlite.*", "nosuch.x", "sqlite.nope", "${HOME}", "$${X}", "é", "x" * 101, [], ["sqlite.local"], {},
-                     {"x": 1}]
+                     {"x": 1}, "require", "transaction", "session", 7200, 601, 600]
 
 
 @pytest.fixture(autouse=True)
@@ -64,13 +69,23 @@ def _write(root: Path, data: Any, text: str | None = None) -> Path:
     return path
 
 
-def _view(config: Any) -> dict[str, Any]:
-    """What a command reads from a loaded config, for comparing the two readers."""
-    sqlite = {dbid: (e.host_id, e.path, e.journal_mode, e.busy_timeout, e.lock_timeout, e.lock_retries, e.statement_timeout)
-              for dbid, e in config.databases.items() if e.driver == "sqlite"}
-    return {"path": config.path, "dbids": sorted(config.databases), "sqlite": sqlite, "table": config.table,
-            "sets_directory": config.sets_directory, "sets": config.sets, "origin": config.origin,
-            "inventory": config.inventory, "per_server": config.per_server, "notify": config.notify}
+def _fields(entry: Any, names: Any) -> dict[str, Any]:
+    out = {}
+    for name in names:
+        value = getattr(entry, name)
+        out[name] = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+    return out
+
+
+def _view(config: Any, full: Any = None) -> dict[str, Any]:
+    """What the commands read from a loaded config, for comparing the two readers (field names: the models')."""
+    models = (full or config).databases
+    entries = {dbid: _fields(e, [*type(models[dbid]).model_fields, "dbid", "driver"]
+                                 + (["timeout"] if e.driver != "sqlite" else []))
+               for dbid, e in config.databases.items()}
+    return {"path": config.path, "entries": entries, "table": config.table, "sets_directory": config.sets_directory,
+            "sets": config.sets, "origin": config.origin, "inventory": config.inventory, "per_server": config.per_server,
+            "notify": config.notify, "workers": config.workers}
 
 
 def _both(path: Path) -> tuple[Any, Any]:
@@ -87,7 +102,7 @@ def _agree(path: Path) -> Any:
     if isinstance(full, ConfigError):
         assert plain is None, f"the plain reader accepted what the models refuse: {full}"
     elif plain is not None:
-        assert _view(plain) == _view(full)
+        assert _view(plain, full) == _view(full)
     return plain
 
 
@@ -98,18 +113,20 @@ def test_the_plain_reader_knows_the_sections_the_models_read() -> None:
 def test_a_plain_config_is_read_as_the_models_read_it(tmp_path: Path) -> None:
     plain = _agree(_write(tmp_path, BASE))
     assert plain is not None  # the rich base config is plain: the quick start serves real configs
-    assert isinstance(plain.databases["sqlite.t-2"], PlainSqlite)
     assert plain.databases["sqlite.t-2"].lock_timeout == 0.5 and plain.databases["sqlite.local"].lock_timeout == 1.0
+    assert plain.databases["postgresql.p1"].password.get_secret_value() == "pw-secret"
+    assert "pw-secret" not in repr(plain.databases["postgresql.p1"]) and plain.workers == 6
 
 
 @pytest.mark.parametrize("change", [
-    {"daemon": {"workers": 4}},
+    {"daemon": {"workers": 4, "retry_min": "1m"}},
     {"inventory": []},
     {"notify": []},
     {"databse": {}},  # misspelt: the models say so
     {"migrations": {"sets": {"s1": {"targets": ["sqlite.local"], "schedule": {"every": "5m"}}}}},
-    {"databases": {"sqlite": [{"host_id": "local", "path": "a.db", "statement_timeout": "1s"}]}},
-    {"databases": {"postgresql": [{"host_id": "p1", "dbname": "x", "sslmode": "require"}]}},
+    {"migrations": {"per_server": 2, "sets": {}}},
+    {"databases": {"sqlite": [{"host_id": "local", "path": "a.db", "lock_timeout": 1.5}]}},
+    {"databases": {"postgresql": [{"host_id": "p1", "dbname": "${HOME}"}]}},
 ])
 def test_what_the_plain_reader_does_not_know_goes_to_the_models(tmp_path: Path, change: dict[str, Any]) -> None:
     data = {**copy.deepcopy(BASE), **change}
@@ -167,7 +184,7 @@ def test_random_mutations_never_make_the_readers_disagree(tmp_path: Path) -> Non
             assert plain is None, f"case {i}: the plain reader accepted what the models refuse: {full}"
         elif plain is not None:
             accepted += 1
-            assert _view(plain) == _view(full), f"case {i}"
+            assert _view(plain, full) == _view(full), f"case {i}"
     assert accepted > 50 and refused > 100  # both sides of the line were walked
 
 
@@ -187,7 +204,7 @@ def test_up_on_a_sqlite_file_with_a_plain_config_skips_the_models_and_says_the_s
 
     plain_root, full_root = tmp_path / "plain", tmp_path / "full"
     results = []
-    for root, extra in ((plain_root, {}), (full_root, {"daemon": {"workers": 2}})):  # daemon: the models read it
+    for root, extra in ((plain_root, {}), (full_root, {"daemon": {"retry_min": "1m"}})):  # the models read that
         root.mkdir()
         config = _write(root, {**copy.deepcopy(BASE), **extra})
         (root / "sets/s1/001_init.sql").write_text("CREATE TABLE t (x int);\n")
@@ -204,8 +221,30 @@ def test_up_on_a_sqlite_file_with_a_plain_config_skips_the_models_and_says_the_s
     assert p_rows == f_rows == [("s1", "001_init", "applied")]
 
 
-def test_up_on_a_server_target_or_an_unknown_one_takes_the_models(tmp_path: Path) -> None:
+def test_up_on_an_unknown_target_takes_the_models_for_their_error(tmp_path: Path) -> None:
     config = _write(tmp_path, BASE)
     unknown = _up(config, "sqlite.nope", tmp_path)
     assert unknown.returncode == 2 and unknown.stdout.strip() == "True"
     assert "unknown target 'sqlite.nope'" in unknown.stderr
+
+
+def test_a_fleet_catch_up_on_postgresql_and_sqlite_runs_from_a_plain_config(tmp_path: Path, pg_db: dict[str, Any]) -> None:
+    import sqlite3
+
+    from tests.conftest import pg_connect
+
+    data = {"databases": {"postgresql": [{"host_id": "p1", **pg_db}], "sqlite": [{"host_id": "f1", "path": "var/f1.db"}]},
+            "migrations": {"sets": {"s1": {"targets": ["postgresql.p1", "sqlite.f1"]}}}, "daemon": {"workers": 2}}
+    config = _write(tmp_path, data)
+    (tmp_path / "sets/s1/001_init.sql").write_text("CREATE TABLE plain_t (x int);\n")
+    assert load_plain(config) is not None
+    code = ("import sys\nfrom orchestrator.cli import main\ncode = main(sys.argv[1:])\n"
+            "print('pydantic' in sys.modules)\nraise SystemExit(code)")
+    done = subprocess.run([sys.executable, "-c", code, "catch-up", str(config)], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path.cwd())}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"  # the fleet ran without the models
+    with pg_connect(pg_db["dbname"]) as conn:
+        assert conn.execute("SELECT set_id, version, status FROM migration").fetchall() == [("s1", "001_init", "applied")]
+    with sqlite3.connect(tmp_path / "var/f1.db") as conn:
+        assert conn.execute("SELECT set_id, version, status FROM migration").fetchall() == [("s1", "001_init", "applied")]
