@@ -39,6 +39,7 @@ from orchestrator.configtypes import (
     Config,
     SetSpec,
     bind_set,
+    resolve_file,
     sets_directory,
 )
 from orchestrator.durations import parse_duration
@@ -309,6 +310,7 @@ def _check_sections(data: dict[str, Any], name: str) -> None:
 def _build(path: Path, name: str, raw: _File) -> Config:
     folder = path.parent
     databases: dict[str, DatabaseConfig] = {}
+    folders: dict[str, str] = {}  # resolved once per load (see resolve_file)
     for driver in DRIVERS:
         for i, entry in enumerate(getattr(raw.databases, driver)):
             if entry.dbid in databases:
@@ -321,7 +323,7 @@ def _build(path: Path, name: str, raw: _File) -> Config:
                 if isinstance(entry, MysqlConfig) and entry.online_alter is None:
                     entry.online_alter = raw.migrations.mysql_online_alter
             if isinstance(entry, SqliteConfig):
-                entry.path = str((folder / Path(entry.path).expanduser()).resolve()) if entry.path != ":memory:" else entry.path
+                entry.path = resolve_file(folder, entry.path, folders, f"{name}: databases.sqlite[{i}].path") if entry.path != ":memory:" else entry.path
             else:
                 register_secret(entry.password.get_secret_value())
             databases[entry.dbid] = entry

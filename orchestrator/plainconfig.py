@@ -36,6 +36,7 @@ from orchestrator.configtypes import (
     Config,
     SetSpec,
     bind_set,
+    resolve_file,
     sets_directory,
 )
 from orchestrator.durations import parse_duration
@@ -308,6 +309,7 @@ def _databases(section: Any, folder: Path, settings: dict[str, Any]) -> dict[str
     if type(section) is not dict or any(driver not in DRIVERS for driver in section):
         raise _NotPlain
     databases: dict[str, Any] = {}
+    folders: dict[str, str] = {}  # resolved once per load (see resolve_file)
     for driver in DRIVERS:
         entries = section.get(driver, [])
         if type(entries) is not list:
@@ -317,11 +319,11 @@ def _databases(section: Any, folder: Path, settings: dict[str, Any]) -> dict[str
             dbid = f"{driver}.{fields['host_id']}"
             if dbid in databases:
                 raise _NotPlain
-            databases[dbid] = _entry(driver, fields, folder, settings)
+            databases[dbid] = _entry(driver, fields, folder, settings, folders)
     return databases
 
 
-def _entry(driver: str, fields: dict[str, Any], folder: Path, settings: dict[str, Any]) -> _Entry:
+def _entry(driver: str, fields: dict[str, Any], folder: Path, settings: dict[str, Any], folders: dict[str, str]) -> _Entry:
     """The entry with the defaults the models fill in (:func:`orchestrator.config._build` does the same)."""
     # Redis never waits for a lock (MULTI/EXEC); SQLite has no statement timeout.
     inherited = {"redis": (), "sqlite": ("lock_timeout", "lock_retries")}.get(
@@ -332,7 +334,7 @@ def _entry(driver: str, fields: dict[str, Any], folder: Path, settings: dict[str
         fields.setdefault("online_alter", settings.get("mysql_online_alter", False))
     if driver == "sqlite":
         given = fields["path"]
-        fields["path"] = str((folder / Path(given).expanduser()).resolve()) if given != ":memory:" else given
+        fields["path"] = resolve_file(folder, given, folders, "path") if given != ":memory:" else given
     else:
         register_secret(fields.get("password", ""))
         fields["password"] = PlainSecret(fields.get("password", ""))

@@ -248,3 +248,34 @@ def test_a_fleet_catch_up_on_postgresql_and_sqlite_runs_from_a_plain_config(tmp_
         assert conn.execute("SELECT set_id, version, status FROM migration").fetchall() == [("s1", "001_init", "applied")]
     with sqlite3.connect(tmp_path / "var/f1.db") as conn:
         assert conn.execute("SELECT set_id, version, status FROM migration").fetchall() == [("s1", "001_init", "applied")]
+
+
+def test_a_file_path_resolves_as_pathlib_resolves_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """resolve_file resolves each folder once per load; every path still comes out as Path.resolve() gives it."""
+    from orchestrator.configtypes import resolve_file
+
+    home, real, folder = tmp_path / "home", tmp_path / "real", tmp_path / "project"
+    for d in (home, real / "sub", folder / "var"):
+        d.mkdir(parents=True)
+    (folder / "linked").symlink_to(real)  # a symlinked folder
+    (real / "target.db").write_bytes(b"")
+    (folder / "var" / "alias.db").symlink_to(real / "target.db")  # a symlinked file
+    (folder / "var" / "loop.db").symlink_to(folder / "var" / "loop.db")  # a symlink loop: resolve() does not raise
+    monkeypatch.setenv("HOME", str(home))
+    folders: dict[str, str] = {}
+    for given in ["var/a.db", "var/alias.db", "linked/target.db", "linked/sub/new.db", "../real/target.db", "~/t.db",
+                  "./var/a.db", "var//a.db", "var/./a.db", "var/", ".", "..", "var/..", str(real / "target.db"),
+                  "missing/dir/a.db", "linked/../project/var/a.db", "var/sub/../a.db"]:
+        expected = str((folder / Path(given).expanduser()).resolve())
+        assert resolve_file(folder, given, folders, "here") == expected, given
+        assert resolve_file(folder, given, folders, "here") == expected, given  # again, from the folders already resolved
+    with pytest.raises(ConfigError, match=r"^config.json: databases.sqlite\[0\].path: 'var/loop.db' cannot be resolved: a symlink loop$"):
+        resolve_file(folder, "var/loop.db", folders, "config.json: databases.sqlite[0].path")
+
+
+def test_a_symlink_loop_as_a_sqlite_path_is_one_config_error(tmp_path: Path) -> None:
+    (tmp_path / "loop.db").symlink_to(tmp_path / "loop.db")
+    path = _write(tmp_path, {"databases": {"sqlite": [{"host_id": "a", "path": "loop.db"}]}})
+    assert load_plain(path) is None
+    with pytest.raises(ConfigError, match=r"databases.sqlite\[0\].path: 'loop.db' cannot be resolved: a symlink loop$"):
+        load(path)
