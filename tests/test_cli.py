@@ -231,24 +231,30 @@ def test_unreachable_target_exits_3(project: Any, orchestrator: Any) -> None:
     assert messages(err) == [f"sqlite.a: unreachable: cannot create folder {project.root / 'blocker'}: part of that path is a file"]
 
 
+def _up_all_behind_a_writer(app: Any, orchestrator: Any) -> tuple[int, str]:
+    """``up all`` on the app's file while another connection holds the write lock."""
+    cfg = app.config
+    holder = sqlite3.connect(app.db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        code, _, err = orchestrator("up", "all", cfg, app.dbid, "s1")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    return code, err
+
+
 def test_locked_target_exits_1(app: Any, orchestrator: Any) -> None:
     """Another runner applying on the file (its runner lock and the write lock held): locked, naming it, no retries."""
     import fcntl
 
     app.databases["sqlite"][0]["busy_timeout"] = 50
-    cfg = app.config
-    assert orchestrator("up", cfg, app.dbid, "s1")[0] == 0
+    assert orchestrator("up", app.config, app.dbid, "s1")[0] == 0
     with open(f"{app.db}.orchestrator-lock", "w") as runner_lock:
         fcntl.flock(runner_lock, fcntl.LOCK_EX)
         runner_lock.write("build-host pid 4242")
         runner_lock.flush()
-        holder = sqlite3.connect(app.db, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        try:
-            code, _, err = orchestrator("up", "all", cfg, app.dbid, "s1")
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
+        code, err = _up_all_behind_a_writer(app, orchestrator)
     assert code == 1
     assert messages(err)[-1] == "sqlite.local/s1 locked by build-host pid 4242; another runner is applying this set, try again later"
     assert "lock timeout" not in err
@@ -257,15 +263,8 @@ def test_locked_target_exits_1(app: Any, orchestrator: Any) -> None:
 
 def test_another_writer_on_the_file_is_waited_for_with_the_lock_policy(app: Any, orchestrator: Any) -> None:
     app.databases["sqlite"][0].update(busy_timeout=50, lock_timeout="100ms", lock_retries=1)
-    cfg = app.config
-    assert orchestrator("up", cfg, app.dbid, "s1")[0] == 0
-    holder = sqlite3.connect(app.db, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # the application writing, not a runner
-    try:
-        code, _, err = orchestrator("up", "all", cfg, app.dbid, "s1")
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+    assert orchestrator("up", app.config, app.dbid, "s1")[0] == 0
+    code, err = _up_all_behind_a_writer(app, orchestrator)  # the application writing, not a runner
     assert code == 1
     assert "lock timeout (100ms) on attempt 1 of 2" in err
     assert messages(err)[-1].endswith("lock timeout after 2 attempts (waiting for the write lock held by another connection)")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from orchestrator.locktimeout import COUNTERS
 from tests.conftest import mysql_connect, pg_connect
 from tests.test_locktimeout import Reader
@@ -330,7 +332,12 @@ def test_sqlite_writer_that_never_lets_go_fails_the_migration_and_records_nothin
         assert conn.execute("SELECT version FROM migration").fetchall() == [("000_create",)]
 
 
-def test_sqlite_retries_by_default_and_takes_the_migrations_wide_settings(project, orchestrator, sqlite_db):
+@pytest.mark.parametrize("settings, retry_line", [
+    ({}, "lock timeout (2s) on attempt 1 of 11"),  # the defaults: 2 s, 10 retries
+    ({"lock_timeout": "300ms", "lock_retries": 4}, "lock timeout (300ms) on attempt 1 of 5"),  # migrations-wide
+])
+def test_sqlite_retries_by_default_and_takes_the_migrations_wide_settings(project, orchestrator, sqlite_db, settings,
+                                                                         retry_line):
     import json
 
     dbid = project.add_target("sqlite", "l1", sqlite_db)  # no lock settings on the entry, none in the file
@@ -339,28 +346,14 @@ def test_sqlite_retries_by_default_and_takes_the_migrations_wide_settings(projec
     project.write("s1", "001_alter.sql", "ALTER TABLE t ADD COLUMN x int;\n")
     path = project.config  # written anew on each read of the property
     config = json.loads(path.read_text())
-    config["migrations"].update(lock_timeout="300ms", lock_retries=4)
+    config["migrations"].update(settings)
     path.write_text(json.dumps(config))
     committer = _commit_after_first_retry("sqlite", lambda: writer.execute("COMMIT"))
     code, _, err = orchestrator("up", "all", path, dbid, "s1")
     committer.join()
     writer.close()
     assert code == 0, err
-    assert "lock timeout (300ms) on attempt 1 of 5 (waiting for the write lock held by another connection)" in err
-    assert _sqlite_columns(sqlite_db["path"]) == ["id", "x"]
-
-
-def test_sqlite_default_policy_is_two_seconds_and_ten_retries(project, orchestrator, sqlite_db):
-    dbid = project.add_target("sqlite", "l1", sqlite_db)
-    project.add_set("s1", [dbid])
-    writer = _sqlite_writer(project, orchestrator, dbid, sqlite_db["path"])
-    project.write("s1", "001_alter.sql", "ALTER TABLE t ADD COLUMN x int;\n")
-    committer = _commit_after_first_retry("sqlite", lambda: writer.execute("COMMIT"))
-    code, _, err = orchestrator("up", "all", project.config, dbid, "s1")
-    committer.join()
-    writer.close()
-    assert code == 0, err
-    assert "lock timeout (2s) on attempt 1 of 11 (waiting for the write lock held by another connection)" in err
+    assert f"{retry_line} (waiting for the write lock held by another connection)" in err
     assert _sqlite_columns(sqlite_db["path"]) == ["id", "x"]
 
 
