@@ -36,6 +36,7 @@ __all__ = [
     "backoff",
     "mysql_blocker",
     "mysql_is_lock_timeout",
+    "mysql_session_values",
     "mysql_settings",
     "pg_blocker",
     "pg_is_lock_timeout",
@@ -265,18 +266,23 @@ def mysql_is_lock_timeout(exc: BaseException) -> bool:
     return bool(args) and args[0] in _MYSQL_LOCK_ERRORS
 
 
-def mysql_settings(policy: LockPolicy, mariadb: bool) -> list[str]:
-    """Session settings for a migration: whole seconds on these servers, so a timeout rounds up."""
-    statements: list[str] = []
+def mysql_session_values(policy: LockPolicy, mariadb: bool) -> dict[str, str]:
+    """A migration's session variables and their SQL values: whole seconds on these servers, so a timeout rounds up."""
+    values: dict[str, str] = {}
     if policy.timeout:
-        seconds = max(1, math.ceil(policy.timeout))
-        statements += [f"SET SESSION lock_wait_timeout = {seconds}", f"SET SESSION innodb_lock_wait_timeout = {seconds}"]
+        seconds = str(max(1, math.ceil(policy.timeout)))
+        values.update(lock_wait_timeout=seconds, innodb_lock_wait_timeout=seconds)
     if policy.statement_timeout:
         if mariadb:
-            statements.append(f"SET SESSION max_statement_time = {policy.statement_timeout:g}")
+            values["max_statement_time"] = f"{policy.statement_timeout:g}"
         else:  # MySQL bounds only SELECTs, in milliseconds
-            statements.append(f"SET SESSION max_execution_time = {math.ceil(policy.statement_timeout * 1000)}")
-    return statements
+            values["max_execution_time"] = str(math.ceil(policy.statement_timeout * 1000))
+    return values
+
+
+def mysql_settings(policy: LockPolicy, mariadb: bool) -> list[str]:
+    """:func:`mysql_session_values` as ``SET SESSION`` statements."""
+    return [f"SET SESSION {name} = {value}" for name, value in mysql_session_values(policy, mariadb).items()]
 
 
 _MYSQL_BLOCKER = """

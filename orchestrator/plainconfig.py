@@ -115,26 +115,27 @@ class _PlainServer(_Entry):
 
 
 @dataclass(frozen=True)
-class PlainPostgresql(_PlainServer):
-    driver: ClassVar[str] = "postgresql"
-    port: int = 5432
+class _PlainSqlServer(_PlainServer):
     dbname: str = ""
-    schema_: str = "public"
-    pooling: str = "session"
-    sslmode: str | None = None
     keepalive: int = defaults.KEEPALIVE
     tcp_user_timeout: int = defaults.TCP_USER_TIMEOUT
 
 
 @dataclass(frozen=True)
-class PlainMysql(_PlainServer):
+class PlainPostgresql(_PlainSqlServer):
+    driver: ClassVar[str] = "postgresql"
+    port: int = 5432
+    schema_: str = "public"
+    pooling: str = "session"
+    sslmode: str | None = None
+
+
+@dataclass(frozen=True)
+class PlainMysql(_PlainSqlServer):
     driver: ClassVar[str] = "mysql"
     port: int = 3306
-    dbname: str = ""
     charset: str = "utf8mb4"
     tls: bool = False
-    keepalive: int = defaults.KEEPALIVE
-    tcp_user_timeout: int = defaults.TCP_USER_TIMEOUT
     online_alter: bool | None = None
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import defaults
 from orchestrator.errors import ConfigError, LockHeld, MigrationError, TargetUnreachable
-from orchestrator.locktimeout import LockPolicy, mysql_blocker, mysql_is_lock_timeout, mysql_settings
+from orchestrator.locktimeout import LockPolicy, mysql_blocker, mysql_is_lock_timeout, mysql_session_values
 from orchestrator.redact import redact
 from orchestrator.targets._mysql_session import Session, capture_session
 from orchestrator.targets._sql import SqlTarget
@@ -422,10 +422,7 @@ class MysqlTarget(SqlTarget):
         that changes them gets them set back with its other session variables.
         """
         mariadb = "mariadb" in self.connection.get_server_info().lower()
-        wanted: dict[str, str | None] = {}
-        for sql in mysql_settings(policy, mariadb):  # "SET SESSION name = value"
-            name, value = sql.removeprefix("SET SESSION ").split(" = ", 1)
-            wanted[name] = value
+        wanted: dict[str, str | None] = dict(mysql_session_values(policy, mariadb))
         if wanted == self._lock_settings or self._session is None:
             return
         # Those the last migration had and this one has not go back to their value at connect.
