@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator import defaults, directives
 from orchestrator.errors import MigrationError, SetError
@@ -45,6 +45,7 @@ _DIRECTIVE_NO_COLON = re.compile(r"^\s*(?:--|#)\s*orchestrator\s+([a-z]+(?:[-_][
 C_MIGRATION_HINT = ("a C Web Framework migration cannot run here; convert it with 'orchestrator import-c SRC_DIR DEST_DIR' "
                     "(its dbquery SQL becomes a .sql file of the same version) or rewrite it as .sql or .py")
 _CHUNK = 1 << 20
+_T = TypeVar("_T")
 _warned: set[tuple[str, str]] = set()
 _inspect_cache: dict[tuple[str, int, int], tuple[str, bool]] = {}
 _cache_guard = threading.Lock()
@@ -125,6 +126,15 @@ class Script:
             _inspect_cache[key] = result
         self._memo["inspect"] = result
         return result
+
+    def derived(self, key: str, compute: Callable[[], _T]) -> _T:
+        """``compute()``, once per discovery for this key: what an engine makes of the file (it never changes within one)."""
+        key = "derived:" + key
+        if key in self._memo:
+            hit: _T = self._memo[key]
+            return hit
+        value = self._memo[key] = compute()
+        return value
 
     @property
     def size(self) -> int:
@@ -246,8 +256,12 @@ class Script:
         """(line, argv) for each command of a ``.redis`` file, quoted as in redis-cli (see :func:`split_redis_args`).
 
         Blank lines and lines starting with ``#`` are skipped; MigrationError names
-        the command number and line of a quoting fault.
+        the command number and line of a quoting fault. The list is shared by every
+        target that runs the file: read it, never change it.
         """
+        hit: list[tuple[int, list[str | bytes]]] | None = self._memo.get("redis_commands")
+        if hit is not None:
+            return hit
         commands: list[tuple[int, list[str | bytes]]] = []
         for number, line in enumerate(self.text().splitlines(), 1):
             stripped = line.strip()
@@ -258,6 +272,8 @@ class Script:
             except ValueError as exc:
                 raise MigrationError(self.label, f"cannot parse command: {exc}", len(commands) + 1, number) from None
             commands.append((number, argv))
+        if self._stat_key()[2] <= _CHUNK:  # as text(): big files are never kept
+            self._memo["redis_commands"] = commands
         return commands
 
 

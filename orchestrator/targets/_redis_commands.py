@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import MigrationError
 from orchestrator.redact import redact
 from orchestrator.targets._where import one_line
 
-__all__ = ["FORBIDDEN", "SCRIPT_COMMANDS", "SKIPPED", "RedisHandle", "check_allowed", "command_name", "connect_cause", "roundtrip"]
+if TYPE_CHECKING:
+    from orchestrator.sets import Script
+
+__all__ = ["FORBIDDEN", "SCRIPT_COMMANDS", "SKIPPED", "RedisHandle", "check_allowed", "command_name", "connect_cause", "file_body",
+           "roundtrip"]
+
+log = logging.getLogger("migrations")
 
 SKIPPED = ("MULTI", "EXEC")
 """Transaction wrappers a file written for redis-cli may hold; the file already runs in one."""
@@ -96,6 +103,22 @@ def check_allowed(label: str, argv: Sequence[Any], number: int, line: int | None
     name = command_name(argv)
     if name in FORBIDDEN:
         raise MigrationError(label, f"{name} is not allowed in a migration: {FORBIDDEN[name]}", number, line)
+
+
+
+def file_body(script: Script) -> list[tuple[int, int, list[Any]]]:
+    """(statement, line, argv) of each command a ``.redis`` file runs; MigrationError for one it may not.
+
+    What the file alone decides: computed once per discovery and shared by every target running it.
+    """
+    body = []
+    for number, (line, argv) in enumerate(script.redis_commands(), 1):
+        check_allowed(script.label, argv, number, line)
+        if command_name(argv) in SKIPPED:
+            log.debug("%s: statement %d (line %d): %s skipped, the file already runs in MULTI/EXEC", script.label, number, line, argv[0])
+        else:
+            body.append((number, line, argv))
+    return body
 
 
 def roundtrip(conn: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:

@@ -35,11 +35,10 @@ from orchestrator.targets import Applied, LedgerRow, runner_identity
 from orchestrator.targets._dirty import apply_under_dirty_flag
 from orchestrator.targets._redis_commands import (
     SCRIPT_COMMANDS,
-    SKIPPED,
     RedisHandle,
-    check_allowed,
     command_name,
     connect_cause,
+    file_body,
     roundtrip,
 )
 from orchestrator.targets._redis_ledger import ChecksumRepair, ledger_rows, parse_meta
@@ -320,14 +319,7 @@ class RedisTarget(ChecksumRepair):
         if script.kind == "py":
             up = script.load_up()
             return apply_under_dirty_flag(self, script, checksum, lambda: self._python(script, up))
-        commands = script.redis_commands()
-        body = []
-        for number, (line, argv) in enumerate(commands, 1):
-            check_allowed(script.label, argv, number, line)
-            if command_name(argv) in SKIPPED:
-                log.debug("%s: statement %d (line %d): %s skipped, the file already runs in MULTI/EXEC", script.label, number, line, argv[0])
-            else:
-                body.append((number, line, argv))
+        body = script.derived("redis:body", lambda: file_body(script))
         if no_transaction:
             return apply_under_dirty_flag(self, script, checksum, lambda: self._one_by_one(script, body))
         if self._checked:  # MULTI/EXEC probed on this connection (no file runs without them): one round trip

@@ -2,10 +2,11 @@
 
 One connection in autocommit mode; each migration runs in ``BEGIN IMMEDIATE``,
 which takes the database's write lock, so the ledger re-check inside it makes
-racing processes apply each migration exactly once. While it applies one, a
-runner holds an flock on ``<path>.orchestrator-lock``: another runner holding it
-longer than ``busy_timeout`` makes the target ``locked``; any other writer holding
-the write lock is waited for with the lock timeout and retries of every engine.
+racing processes apply each migration exactly once. From its first migration
+until it lets go of the set, a runner holds an flock on ``<path>.orchestrator-lock``:
+another runner holding it longer than ``busy_timeout`` makes the target ``locked``;
+any other writer holding the write lock is waited for with the lock timeout and
+retries of every engine.
 A no-transaction migration has no write lock to lean on, so that flock alone
 keeps a second runner out. ``BEGIN``/``COMMIT`` in a script are absorbed into
 the runner's transaction; a statement (or Python ``up``) that still ends it, such
@@ -70,12 +71,14 @@ class SqliteTarget(SqlTarget):
         self._missing = False
         self._lock_fd: int | None = None  # the runner lock file (see _runner_lock); -1: cannot be opened
         self._identity = b""
-        self._busy_ms = int(db.busy_timeout)
+        self._runner_locked = False  # the flock is held (kept from a set's first migration until _unlock)
+        self._busy_ms = int(db.busy_timeout)  # the connection's busy timeout now (see _use_busy_timeout)
 
     def connect(self, readonly: bool = False) -> None:
         path = Path(self.db.path)
         timeout = self.db.busy_timeout / 1000
         self._missing = False
+        self._busy_ms = int(self.db.busy_timeout)
         try:
             if readonly:
                 if not path.exists():
@@ -178,6 +181,8 @@ class SqliteTarget(SqlTarget):
 
     @contextmanager
     def _around_migration(self, script: Script, in_transaction: bool) -> Iterator[None]:
+        if not in_transaction:  # the write lock of each statement is waited for as the entry says
+            self._use_busy_timeout(int(self.db.busy_timeout))
         session = self._session_pragmas(script)
         synchronous = self.connection.execute("PRAGMA synchronous").fetchone()[0] if session is not None else None
         try:
@@ -207,19 +212,18 @@ class SqliteTarget(SqlTarget):
                 raise LockTimedOut(None, exc) from None
 
         with self._runner_lock(script.set_id):
-            self._set_busy_timeout(_WAIT_AS_LONG_AS_IT_TAKES if not policy.timeout else math.ceil(policy.timeout * 1000))
-            try:
-                return self._with_lock_retries(script, policy, attempt)
-            finally:
-                self._set_busy_timeout(int(self.db.busy_timeout))
+            # Left as it is after the migration: the next one mostly wants the same; _unlock restores it.
+            self._use_busy_timeout(_WAIT_AS_LONG_AS_IT_TAKES if not policy.timeout else math.ceil(policy.timeout * 1000))
+            return self._with_lock_retries(script, policy, attempt)
 
     def _apply_in_transaction_once(self, script: Script, checksum: str, up: Any) -> Applied | None:
         applied = self._apply_as_one_script(script)
         return super()._apply_in_transaction(script, checksum, up) if applied is _STATEMENT_BY_STATEMENT else applied
 
-    def _set_busy_timeout(self, milliseconds: int) -> None:
-        self.connection.execute(f"PRAGMA busy_timeout = {milliseconds}")
-        self._busy_ms = milliseconds
+    def _use_busy_timeout(self, milliseconds: int) -> None:
+        if milliseconds != self._busy_ms:
+            self.connection.execute(f"PRAGMA busy_timeout = {milliseconds}")
+            self._busy_ms = milliseconds
 
     def _lock_wait_holder(self, exc: BaseException, statement: Statement | None) -> str:
         return "waiting for the write lock held by another connection"
@@ -253,7 +257,7 @@ class SqliteTarget(SqlTarget):
                                  f"migration's transaction (the database stays {current.upper()}){_NO_TRANSACTION_HINT}",
                                  statement.number, statement.line)
 
-    def _statements(self, script: Script, in_transaction: bool = False) -> Iterator[Statement]:
+    def _statements(self, script: Script, in_transaction: bool = False, check: bool = True) -> Iterator[Statement]:
         """The statements as written, each up to its ';' (trailing blanks and comments included).
 
         SQLite stores a CREATE INDEX (and others) in sqlite_master up to the ';', so
@@ -273,7 +277,7 @@ class SqliteTarget(SqlTarget):
             pos = written[1]
             if in_transaction and _SESSION_PRAGMA.match(statement.text):
                 continue
-            if in_transaction and (m := _JOURNAL_MODE_SET.match(statement.text)):
+            if check and in_transaction and (m := _JOURNAL_MODE_SET.match(statement.text)):
                 self._check_journal_mode(script, statement, m.group(1))
             yield replace(statement, text=written[0]) if written[0] != statement.text else statement
 
@@ -288,13 +292,13 @@ class SqliteTarget(SqlTarget):
         """
         if script.kind != "sql" or script.no_transaction or script.size > _ONE_SCRIPT_MAX:
             return _STATEMENT_BY_STATEMENT
-        statements = list(self._statements(script, in_transaction=True))
-        if not statements or any(_OWN_TRANSACTION.match(s.text) for s in statements):
+        plan = script.derived("sqlite:one-script", lambda: self._one_script(script))
+        if plan is None:
             return _STATEMENT_BY_STATEMENT
+        body, count, journal_modes = plan
+        for statement, wanted in journal_modes:  # depends on the connection's mode: checked every time
+            self._check_journal_mode(script, statement, wanted)
         started = time.monotonic()
-        # Each statement is sent as written up to its ";" (sqlite_master keeps that text);
-        # only the last one may end in a line comment, and no ";" follows it.
-        body = "BEGIN IMMEDIATE;\n" + ";\n".join(s.text for s in statements)
         try:
             self.connection.executescript(body)
         except sqlite3.Error as exc:
@@ -314,25 +318,40 @@ class SqliteTarget(SqlTarget):
                 if self._rolled_back_lost_race(script, exc):
                     return None
                 raise
-        return Applied(script.version, len(statements), duration)
+        return Applied(script.version, count, duration)
+
+    def _one_script(self, script: Script) -> tuple[str, int, list[tuple[Statement, str]]] | None:
+        """(BEGIN and the body as one script, its statement count, its journal_mode switches); None: the statement path.
+
+        What the file's text alone decides, so every target running the file shares it.
+        """
+        statements = list(self._statements(script, in_transaction=True, check=False))
+        if not statements or any(_OWN_TRANSACTION.match(s.text) for s in statements):
+            return None
+        journal_modes = [(s, m.group(1)) for s in script.statements(self.dialect) if (m := _JOURNAL_MODE_SET.match(s.text))]
+        # Each statement is sent as written up to its ";" (sqlite_master keeps that text);
+        # only the last one may end in a line comment, and no ";" follows it.
+        return "BEGIN IMMEDIATE;\n" + ";\n".join(s.text for s in statements), len(statements), journal_modes
 
     def _outside_transaction_lock(self, set_id: str) -> AbstractContextManager[None]:
         return self._runner_lock(set_id)
 
     @contextmanager
     def _runner_lock(self, set_id: str) -> Iterator[None]:
-        """Held while this runner applies a migration: an flock on ``<path>.orchestrator-lock``.
+        """Held while this runner applies migrations: an flock on ``<path>.orchestrator-lock``.
 
         Another runner holding it is applying on this file: it is waited for
         busy_timeout and then reported ``locked``, naming it. A no-transaction
         migration has no write lock to lean on, so this lock alone keeps a second
-        runner from running it too. flock, not fcntl locks: closing any descriptor of a
-        file drops a process's fcntl locks on it, and the kernel drops a flock when its
-        holder dies. The file is never deleted: unlinking a lock file races with the
-        next runner opening it.
+        runner from running it too. Taken by a set's first migration, it is kept
+        while the runner holds the set (``lock()``) and let go with it, so a run of
+        many migrations takes it once. flock, not fcntl locks: closing any
+        descriptor of a file drops a process's fcntl locks on it, and the kernel
+        drops a flock when its holder dies. The file is never deleted: unlinking a
+        lock file races with the next runner opening it.
         """
         fd = self._lock_file()
-        if fd is None:
+        if fd is None or self._runner_locked:
             yield
             return
         import fcntl
@@ -347,12 +366,26 @@ class SqliteTarget(SqlTarget):
                     holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
                     raise LockHeld(self.dbid, set_id, holder or "another runner") from None
                 time.sleep(0.02)
+        self._runner_locked = True
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, self._identity, 0)
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if set_id not in self._held:  # outside lock(): nothing lets go of it later
+                self._release_runner_lock()
+
+    def _release_runner_lock(self) -> None:
+        if self._runner_locked and self._lock_fd is not None and self._lock_fd >= 0:
+            import fcntl
+
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        self._runner_locked = False
+
+    def _unlock(self, set_id: str) -> None:
+        self._release_runner_lock()
+        if self.connection is not None:
+            self._use_busy_timeout(int(self.db.busy_timeout))
 
     def _lock_file(self) -> int | None:
         """The lock file's descriptor, opened once per connection; None for ``:memory:`` or a folder that refuses it."""
@@ -370,6 +403,7 @@ class SqliteTarget(SqlTarget):
         if self._lock_fd is not None and self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the flock, if held
         self._lock_fd = None
+        self._runner_locked = False
         super().close()
 
     def _begin(self) -> None:

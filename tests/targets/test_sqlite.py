@@ -402,6 +402,46 @@ def test_held_lock_file_reports_locked_with_its_holder(tmp_path: Path) -> None:
     assert [a.version for a in apply_all(db, folder).applied] == ["001"]  # released with its holder's file
 
 
+def test_runner_lock_is_held_from_the_first_migration_until_the_set_is_let_go(tmp_path: Path) -> None:
+    """Taken once per run, not once per migration: another runner finds it held between two migrations too."""
+    import fcntl
+
+    db = tmp_path / "app.db"
+    folder = write_set(tmp_path / "s1", {"001.sql": "CREATE TABLE a (x INTEGER);\n", "002.sql": "CREATE TABLE b (y INTEGER);\n",
+                                         "003.sql": "-- orchestrator: no-transaction\nCREATE TABLE c (z INTEGER);\n"})
+    scripts = [m.script_for("sqlite") for m in discover("s1", folder).migrations]
+    target = target_for(db, busy_timeout=1234, lock_timeout="3s")
+
+    def held_by_another() -> bool:
+        with open(tmp_path / "app.db.orchestrator-lock", "a+") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(other, fcntl.LOCK_UN)
+            return False
+
+    def busy_timeout() -> int:
+        return int(target.connection.execute("PRAGMA busy_timeout").fetchone()[0])
+
+    try:
+        with target.lock("s1", 1):
+            target.ensure_ledger()
+            assert not held_by_another()  # taken by the first migration, not by lock()
+            assert target.apply(scripts[0]) is not None
+            assert held_by_another() and busy_timeout() == 3000  # between migrations: still held, the lock timeout kept
+            assert target.apply(scripts[1]) is not None
+            assert target.apply(scripts[2]) is not None  # no-transaction: each statement waits busy_timeout
+            assert held_by_another() and busy_timeout() == 1234
+        assert not held_by_another() and busy_timeout() == 1234  # let go with the set, the entry's busy timeout back
+        other_set = discover("s2", write_set(tmp_path / "s2", {"004.sql": "CREATE TABLE d (w INTEGER);\n"}))
+        assert target.apply(other_set.migrations[0].script_for("sqlite")) is not None
+        assert not held_by_another()  # outside lock(): let go after the migration
+    finally:
+        target.close()
+    assert tables(db) == ["a", "b", "c", "d", "migration"]
+
+
 def test_journal_mode_off_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="migrations"):
         target_for(tmp_path / "app.db", journal_mode="OFF").close()
