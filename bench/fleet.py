@@ -132,6 +132,38 @@ class Fleet:
         for i in range(0, len(keys), 1000):
             client.delete(*keys[i:i + 1000])
 
+    def reset(self, engine: str, group: str) -> None:
+        """Empty one group's targets of an engine again (a fresh database, file or prefix), for another first catch-up."""
+        import psycopg
+        import pymysql
+        import redis
+
+        names = self.names(engine, group)
+        if engine == "sqlite":
+            for name in names:
+                for path in Path(self.sqlite_path(name)).parent.glob(f"{name}.db*"):
+                    path.unlink()
+        elif engine == "postgresql":
+            with psycopg.connect(**PG, dbname="postgres", autocommit=True) as conn:
+                for name in names:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    conn.execute(f'CREATE DATABASE "{name}"')
+        elif engine == "mysql":
+            with pymysql.connect(**MY, password="", autocommit=True, ssl_disabled=True) as conn, conn.cursor() as cur:
+                for name in names:
+                    cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+                    cur.execute(f"CREATE DATABASE `{name}`")
+        else:
+            client = redis.Redis(**RD)
+            for name in names:
+                keys = list(client.scan_iter(match=f"{name}:*", count=5000))
+                for i in range(0, len(keys), 1000):
+                    client.delete(*keys[i:i + 1000])
+            # The migrations' own keys are shared by the whole run (see redis_migrations).
+            shared = list(client.scan_iter(match=f"{self.run_id}:*", count=5000))
+            for i in range(0, len(shared), 1000):
+                client.delete(*shared[i:i + 1000])
+
     def sqlite_path(self, name: str) -> str:
         return str(self.work / "sqlite" / f"{name}.db")
 
@@ -222,6 +254,12 @@ def floor_main(mode: str, spec_path: str, workers: int, n: int, ns: str) -> None
     kv = redis_migrations(n, ns)
     checksum = "0" * 64
 
+    def ledger_query(spec: dict[str, Any], param: str) -> str:
+        # The far section reads orchestrator's own ledger (same targets), the others the floor's.
+        if "ledger" in spec:
+            return f"SELECT version FROM {spec['ledger']} WHERE set_id = {param}"
+        return f"SELECT version FROM floor_ledger WHERE set_id = {param}"
+
     def sqlite_target(spec: dict[str, Any]) -> None:
         import sqlite3
 
@@ -237,15 +275,9 @@ def floor_main(mode: str, spec_path: str, workers: int, n: int, ns: str) -> None
                     conn.execute("INSERT INTO floor_ledger VALUES ('sql', ?, ?, ?)", (version, int(time.time()), checksum))
                     conn.execute("COMMIT")
             else:
-                conn.execute("SELECT version FROM floor_ledger WHERE set_id = 'sql'").fetchall()
+                conn.execute(ledger_query(spec, "?"), ("sql",)).fetchall()
         finally:
             conn.close()
-
-    def ledger_query(spec: dict[str, Any], param: str) -> str:
-        # The far section reads orchestrator's own ledger (same targets), the others the floor's.
-        if "ledger" in spec:
-            return f"SELECT version FROM {spec['ledger']} WHERE set_id = {param}"
-        return f"SELECT version FROM floor_ledger WHERE set_id = {param}"
 
     def pg_target(spec: dict[str, Any]) -> None:
         import psycopg
@@ -361,6 +393,8 @@ def main() -> int:
     parser.add_argument("--migrations", type=int, default=50)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each no-op/status measurement (median)")
+    parser.add_argument("--first-repeat", type=int, default=3,
+                        help="runs of each first catch-up, on emptied targets each time (median)")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--peer-sqlite", type=int, default=100, help="SQLite files in the dbmate loop")
     parser.add_argument("--peer-yoyo-sqlite", type=int, default=20, help="SQLite files in the yoyo loop (yoyo is slow)")
@@ -480,8 +514,17 @@ def measure(args: argparse.Namespace, fleet: Fleet, config: Path, peers: tuple[P
         print(f"{engine}: first catch-up of {n} targets ...", file=sys.stderr)
         row: dict[str, Any] = {"targets": n}
         pattern, floor = f"{engine}.*", fleet.targets(engine, "floor")
-        row["first"] = run_orch("catch-up", "--target", pattern)
-        row["first_floor"] = run_floor("first", floor)
+        # Interleaved, each on emptied targets: orchestrator, floor, orchestrator, floor, ...
+        firsts: list[float] = []
+        floors: list[float] = []
+        for attempt in range(args.first_repeat):
+            if attempt:
+                fleet.reset(engine, "orch")
+                fleet.reset(engine, "floor")
+            firsts.append(run_orch("catch-up", "--target", pattern))
+            floors.append(run_floor("first", floor))
+        row["first"], row["first_floor"] = statistics.median(firsts), statistics.median(floors)
+        row["first_runs"] = {"orchestrator": firsts, "floor": floors}
         row["noop"] = median_of(args.repeat, lambda p=pattern: run_orch("catch-up", "--target", p))
         row["noop_floor"] = median_of(args.repeat, lambda f=floor: run_floor("noop", f))
         row["status"] = median_of(args.repeat, lambda p=pattern: run_orch("status", "--target", p))
