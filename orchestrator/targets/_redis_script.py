@@ -18,6 +18,7 @@ with more arguments than Lua can unpack.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,13 +27,14 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.errors import FailedState, MigrationError, OrchestratorError, TargetUnreachable
 from orchestrator.redact import redact
 from orchestrator.targets import Applied
+from orchestrator.targets._redis_commands import roundtrip
 from orchestrator.targets._redis_ledger import parse_meta
 from orchestrator.targets._where import one_line
 
 if TYPE_CHECKING:
     from orchestrator.sets import Script
 
-__all__ = ["APPLY", "MAX_ARGS", "UNSUITABLE", "Outcome", "apply_file", "arguments", "outcome"]
+__all__ = ["APPLY", "MAX_ARGS", "UNSUITABLE", "KeptScript", "Outcome", "apply_file", "arguments", "outcome"]
 
 log = logging.getLogger("migrations")
 
@@ -136,6 +138,47 @@ def _error(value: Any) -> str:
     # As redis-py words a reply error: the generic ERR code dropped, the others (WRONGTYPE, NOPERM, ...) kept.
     text = _text(value)
     return text[4:] if text.startswith("ERR ") else text
+
+
+class KeptScript:
+    """A script run as EVALSHA on a pooled connection kept for the run: one round trip, no pool or command layer per call.
+
+    Called as redis-py's registered scripts are (``run(keys=..., args=...)``) and
+    raises as they do: a refused call as ResponseError, a lost one as
+    ConnectionError (the connection is then dropped: a half-read reply must not
+    reach the next call). A server that lacks the script gets it once.
+    """
+
+    def __init__(self, pool: Any, checkout: Callable[[], Any], source: str):
+        self._pool, self._checkout, self._source = pool, checkout, source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()
+        self._conn: Any = None
+
+    def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        import redis
+
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._checkout()
+        command = ("EVALSHA", self._sha, len(keys), *keys, *args)
+        try:
+            reply = roundtrip(conn, [command])[0]
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                roundtrip(conn, [("SCRIPT", "LOAD", self._source)])
+                reply = roundtrip(conn, [command])[0]
+        except BaseException:
+            self._conn = None
+            conn.disconnect()
+            self._pool.release(conn)
+            raise
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._pool.release(self._conn)
+            self._conn = None
 
 
 UNSUITABLE = object()

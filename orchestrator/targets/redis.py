@@ -43,7 +43,7 @@ from orchestrator.targets._redis_commands import (
 )
 from orchestrator.targets._redis_ledger import ChecksumRepair, ledger_rows, parse_meta
 from orchestrator.targets._redis_lock import Heartbeat, holder_for_error, holder_state, holder_text, process_scope
-from orchestrator.targets._redis_script import APPLY, UNSUITABLE, apply_file
+from orchestrator.targets._redis_script import APPLY, UNSUITABLE, KeptScript, apply_file
 from orchestrator.targets._where import raise_line
 
 if TYPE_CHECKING:
@@ -88,6 +88,7 @@ class RedisTarget(ChecksumRepair):
         self._readonly_cache: dict[str, bool] = {}
         self._wrote = False  # the dirty-flag migration under way may have changed data
         self._checked = False  # MULTI/EXEC probed once on this connection: files may take the one-round-trip script
+        self._applying: KeptScript | None = None  # the apply script on a connection of its own (connect makes it)
 
     # -- connection ----------------------------------------------------------------
 
@@ -115,8 +116,9 @@ class RedisTarget(ChecksumRepair):
             self.client.close()
             self.client = None
             raise TargetUnreachable(self.dbid, connect_cause(exc, self.db)) from None
-        for name, source in (("renew", _RENEW), ("release", _RELEASE), ("record", _RECORD), ("take_over", _TAKE_OVER), ("apply", APPLY)):
+        for name, source in (("renew", _RENEW), ("release", _RELEASE), ("record", _RECORD), ("take_over", _TAKE_OVER)):
             self._scripts[name] = self.client.register_script(source)
+        self._applying = KeptScript(self.client.connection_pool, self._checkout, APPLY)
 
     @contextmanager
     def _reachable(self, doing: str) -> Iterator[None]:
@@ -134,11 +136,7 @@ class RedisTarget(ChecksumRepair):
     @contextmanager
     def _connection(self) -> Iterator[Any]:
         """A pooled connection of our own for WATCH/MULTI/EXEC, so that replies map to commands one to one."""
-        pool = self.client.connection_pool
-        try:
-            conn = pool.get_connection()
-        except TypeError:  # redis-py before 5.3 wants a command name
-            conn = pool.get_connection("MULTI")
+        conn = self._checkout()
         clean = False
         try:
             yield conn
@@ -146,7 +144,14 @@ class RedisTarget(ChecksumRepair):
         finally:
             if not clean:
                 conn.disconnect()  # drops a pending WATCH, an open MULTI or a half-read reply
-            pool.release(conn)
+            self.client.connection_pool.release(conn)
+
+    def _checkout(self) -> Any:
+        pool = self.client.connection_pool
+        try:
+            return pool.get_connection()
+        except TypeError:  # redis-py before 5.3 wants a command name
+            return pool.get_connection("MULTI")
 
     def _readonly(self, name: str) -> bool:
         """Whether the server flags command ``name`` read-only (COMMAND INFO); unknown counts as a write."""
@@ -162,6 +167,9 @@ class RedisTarget(ChecksumRepair):
     def close(self) -> None:
         for set_id in list(self._locks):
             self._release(set_id, self._locks.pop(set_id))
+        if self._applying is not None:
+            self._applying.close()
+            self._applying = None
         if self.client is not None:
             try:
                 self.client.close()
@@ -323,7 +331,7 @@ class RedisTarget(ChecksumRepair):
         if no_transaction:
             return apply_under_dirty_flag(self, script, checksum, lambda: self._one_by_one(script, body))
         if self._checked:  # MULTI/EXEC probed on this connection (no file runs without them): one round trip
-            done = apply_file(self.client, self._scripts["apply"], self.dbid, script, body, (self._key(script.set_id),
+            done = apply_file(self.client, self._applying, self.dbid, script, body, (self._key(script.set_id),
                               self._key(script.set_id, ":meta")), (self._meta(script.set_id, "applied", checksum, 0),
                               self._meta(script.set_id, "running", checksum)), lambda *failure: self._fail(script, checksum, *failure))
             if done is not UNSUITABLE:

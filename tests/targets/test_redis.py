@@ -347,6 +347,28 @@ def test_apply_rechecks_the_ledger_inside_the_transaction(redis_prefix: Any, tmp
     assert raw_client().get(f"{p}counter") == "1"
 
 
+def test_a_server_that_lost_its_scripts_gets_the_apply_script_again(redis_prefix: Any, tmp_path: Path) -> None:
+    """SCRIPT FLUSH (or a restarted server) between two files: the next file still runs once, with its ledger entry."""
+    p = redis_prefix["prefix"]
+    (tmp_path / "s1").mkdir()
+    for n in range(3):
+        (tmp_path / "s1" / f"2024-01-0{n + 1}_00-00-00_f{n}.redis").write_text(f"INCR {p}counter\nSADD {p}seen f{n}\n")
+    scripts = [m.script_for("redis") for m in discover("s1", tmp_path / "s1").migrations]
+    target = make_target(redis_prefix)
+    try:
+        with target.lock("s1", 1):
+            assert [target.apply(s) is not None for s in scripts[:2]] == [True, True]  # MULTI/EXEC, then the script
+            raw_client().script_flush()
+            assert target.apply(scripts[2]) is not None
+            assert target.apply(scripts[2]) is None  # recorded: never twice
+    finally:
+        target.close()
+    client = raw_client()
+    assert client.get(f"{p}counter") == "3" and client.smembers(f"{p}seen") == {"f0", "f1", "f2"}
+    assert sorted(client.hgetall(f"{p}migration:s1")) == [s.version for s in scripts]
+    assert all(meta(redis_prefix, s.version)["status"] == "applied" for s in scripts)
+
+
 def test_binary_replies_and_values(redis_prefix: Any, tmp_path: Path) -> None:
     p = redis_prefix["prefix"]
     (tmp_path / "s1").mkdir()
