@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.errors import FailedState, MigrationError, OrchestratorError, TargetUnreachable
 from orchestrator.redact import redact
 from orchestrator.targets import Applied
-from orchestrator.targets._redis_commands import roundtrip
+from orchestrator.targets._redis_commands import command_name, roundtrip
 from orchestrator.targets._redis_ledger import parse_meta
 from orchestrator.targets._where import one_line
 
 if TYPE_CHECKING:
     from orchestrator.sets import Script
 
-__all__ = ["APPLY", "MAX_ARGS", "UNSUITABLE", "KeptScript", "Outcome", "apply_file", "arguments", "outcome"]
+__all__ = ["APPLY", "MAX_ARGS", "UNSUITABLE", "KeptScript", "Outcome", "apply_file", "arguments", "outcome", "passes"]
 
 log = logging.getLogger("migrations")
 
@@ -52,7 +52,7 @@ if meta then
   local ok, info = pcall(cjson.decode, meta)
   if ok and type(info) == 'table' and (info['status'] == 'failed' or info['status'] == 'running') then return {-1, meta} end
 end
-local commands, at = {}, 6
+local commands, at = {}, 7
 for n = 1, tonumber(ARGV[5]) do
   local argc = tonumber(ARGV[at])
   commands[n] = {unpack(ARGV, at + 1, at + argc)}
@@ -61,17 +61,19 @@ end
 local known = {}
 for n, argv in ipairs(commands) do
   local name = string.lower(argv[1])
-  if known[name] == nil then known[name] = redis.call('command', 'info', name)[1] or false end
-  local info = known[name]
-  if not info then return {-2, n, "ERR unknown command '" .. argv[1] .. "'"} end
-  local arity = info[2]
-  if (arity > 0 and #argv ~= arity) or (arity < 0 and #argv < -arity) then
-    return {-2, n, "ERR wrong number of arguments for '" .. name .. "' command"}
+  if ARGV[6] ~= '1' then
+    if known[name] == nil then known[name] = redis.call('command', 'info', name)[1] or false end
+    local info = known[name]
+    if not info then return {-2, n, "ERR unknown command '" .. argv[1] .. "'"} end
+    local arity = info[2]
+    if (arity > 0 and #argv ~= arity) or (arity < 0 and #argv < -arity) then
+      return {-2, n, "ERR wrong number of arguments for '" .. name .. "' command"}
+    end
+    for _, flag in ipairs(info[3]) do
+      if flag == 'noscript' or (type(flag) == 'table' and flag['ok'] == 'noscript') then return {-3, n} end
+    end
+    if info[10] and #info[10] > 0 then return {-3, n} end
   end
-  for _, flag in ipairs(info[3]) do
-    if flag == 'noscript' or (type(flag) == 'table' and flag['ok'] == 'noscript') then return {-3, n} end
-  end
-  if info[10] and #info[10] > 0 then return {-3, n} end
   if redis.acl_check_cmd and not redis.acl_check_cmd(unpack(argv)) then
     return {-2, n, "NOPERM this user has no permissions to run the '" .. name .. "' command or its keys"}
   end
@@ -102,9 +104,13 @@ Outcome = tuple[str, int, int, str]
 
 
 def arguments(version: str, apply_time: int, applied_meta: str, running_meta: str,
-              commands: Sequence[Sequence[Any]]) -> list[Any] | None:
-    """The script's ARGV; None when a command is too long for the script path."""
-    args: list[Any] = [version, apply_time, applied_meta, running_meta, len(commands)]
+              commands: Sequence[Sequence[Any]], checked: bool = False) -> list[Any] | None:
+    """The script's ARGV; None when a command is too long for the script path.
+
+    ``checked``: the caller found every command known, of the right arity and fit
+    for a script (:func:`passes`), so the script checks only the user's ACL.
+    """
+    args: list[Any] = [version, apply_time, applied_meta, running_meta, len(commands), int(checked)]
     for argv in commands:
         if len(argv) > MAX_ARGS:
             return None
@@ -153,6 +159,8 @@ class KeptScript:
         self._pool, self._checkout, self._source = pool, checkout, source
         self._sha = hashlib.sha1(source.encode()).hexdigest()
         self._conn: Any = None
+        self._infos: dict[str, Any] = {}  # lower-case command name -> COMMAND INFO entry (None: unknown)
+        self._no_command_info = False
 
     def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         import redis
@@ -167,18 +175,55 @@ class KeptScript:
                 roundtrip(conn, [("SCRIPT", "LOAD", self._source)])
                 reply = roundtrip(conn, [command])[0]
         except BaseException:
-            self._conn = None
-            conn.disconnect()
-            self._pool.release(conn)
+            self._drop(conn)
             raise
         if isinstance(reply, Exception):
             raise reply
         return reply
 
+    def command_info(self, names: set[str]) -> dict[str, Any] | None:
+        """COMMAND INFO of each name (None: unknown), asked once per name on this connection; None when the user may not ask."""
+        missing = [name for name in names if name not in self._infos]
+        if missing and not self._no_command_info:
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = self._checkout()
+            try:
+                reply = roundtrip(conn, [("COMMAND", "INFO", *missing)])[0]
+            except BaseException:
+                self._drop(conn)
+                raise
+            if isinstance(reply, Exception):
+                self._no_command_info = True  # the script asks the server itself, as it may
+            else:
+                self._infos.update(zip(missing, reply, strict=True))
+        return None if self._no_command_info else self._infos
+
+    def _drop(self, conn: Any) -> None:
+        self._conn = None
+        conn.disconnect()  # a half-read reply must not reach the next call
+        self._pool.release(conn)
+
     def close(self) -> None:
         if self._conn is not None:
             self._pool.release(self._conn)
             self._conn = None
+
+
+def passes(infos: dict[str, Any], commands: Sequence[Sequence[Any]]) -> bool:
+    """True when COMMAND INFO says each command exists, has its arity, and may run in a script (no flag
+    ``noscript``, no subcommands): the checks the apply script would make, less the ACL's. False sends the
+    script making them all, so that what it answers, and the words it answers with, stay the same."""
+    for argv in commands:
+        info = infos.get(command_name(argv).lower())
+        if not info:
+            return False
+        arity = int(info[1])
+        if (arity > 0 and len(argv) != arity) or (arity < 0 and len(argv) < -arity):
+            return False
+        if b"noscript" in info[2] or "noscript" in info[2] or (len(info) > 9 and info[9]):
+            return False
+    return True
 
 
 UNSUITABLE = object()
@@ -189,22 +234,26 @@ MarkFailed = Callable[[int, int, int, str], None]
 """(duration_ms, statement, line, error): marks the version's meta entry ``failed``."""
 
 
-def apply_file(client: Any, run: Any, dbid: str, script: Script, body: Sequence[tuple[int, int, Sequence[Any]]],
+def apply_file(client: Any, run: KeptScript, dbid: str, script: Script, body: Sequence[tuple[int, int, Sequence[Any]]],
                keys: tuple[str, str], metas: tuple[str, str], mark_failed: MarkFailed) -> Any:
     """Run a ``.redis`` file's ``body`` ((statement, line, argv) each) with its ledger entry in one round trip.
 
-    ``run`` is the registered script (:data:`APPLY`), ``keys`` the version and meta
+    ``run`` is the script (:data:`APPLY`) on its connection, ``keys`` the version and meta
     hashes, ``metas`` the applied and running meta entries. Returns Applied, None
     when the ledger already holds the version, or UNSUITABLE when the file must take
     the MULTI/EXEC path (nothing ran). Raises as that path does.
     """
     import redis
 
-    args = arguments(script.version, int(time.time()), metas[0], metas[1], [argv for _, _, argv in body])
-    if args is None:
-        return UNSUITABLE
+    commands = [argv for _, _, argv in body]
     started = time.monotonic()
     try:
+        # What COMMAND INFO says of each command is asked once per connection, not by every script run.
+        infos = run.command_info({command_name(argv).lower() for argv in commands})
+        args = arguments(script.version, int(time.time()), metas[0], metas[1], commands,
+                         checked=infos is not None and passes(infos, commands))
+        if args is None:
+            return UNSUITABLE
         reply = run(keys=list(keys), args=args)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         return _settle_lost_reply(client, dbid, script, len(body), keys, exc)

@@ -88,7 +88,7 @@ class RedisTarget(ChecksumRepair):
         self._readonly_cache: dict[str, bool] = {}
         self._wrote = False  # the dirty-flag migration under way may have changed data
         self._checked = False  # MULTI/EXEC probed once on this connection: files may take the one-round-trip script
-        self._applying: KeptScript | None = None  # the apply script on a connection of its own (connect makes it)
+        self._applying: KeptScript  # the apply script on a connection of its own (connect makes it)
 
     # -- connection ----------------------------------------------------------------
 
@@ -167,10 +167,8 @@ class RedisTarget(ChecksumRepair):
     def close(self) -> None:
         for set_id in list(self._locks):
             self._release(set_id, self._locks.pop(set_id))
-        if self._applying is not None:
-            self._applying.close()
-            self._applying = None
         if self.client is not None:
+            self._applying.close()
             try:
                 self.client.close()
             except Exception:  # closing is best effort

@@ -258,6 +258,28 @@ def test_queue_time_errors_in_the_one_round_trip_script_apply_nothing(project: A
     assert raw_client().get(f"{p}a") is None
 
 
+def test_commands_known_to_the_connection_are_still_checked_against_the_users_acl(project: Any, redis_prefix: Any,
+                                                                                 orchestrator: Any) -> None:
+    """COMMAND INFO is asked once per connection, so the script skips those checks; the ACL check stays in it."""
+    p = redis_prefix["prefix"]
+    name, password = unique("orch_nosadd"), unique("pw")
+    admin = raw_client()
+    admin.execute_command("ACL", "SETUSER", name, "on", f">{password}", f"~{p}*", "+@all", "-sadd")
+    try:
+        files = {"2024-01-01_00-00-00_first.redis": "SET {p}first 1\n",
+                 "2024-01-02_00-00-00_second.redis": "SET {p}second 2\nINCR {p}n\n",
+                 "2024-01-03_00-00-00_third.redis": "SET {p}third 3\nSADD {p}s x\n"}
+        config = setup_project(project, {**redis_prefix, "user": name, "password": password}, files)
+        code, _, err = orchestrator("up", "all", config, "redis.r1", "s1")
+        assert code == 1
+        assert "s1/2024-01-03_00-00-00_third.redis: statement 2 (line 2):" in err and "NOPERM" in err, err
+        assert "nothing was applied" in err
+        assert admin.get(f"{p}second") == "2" and admin.get(f"{p}third") is None and admin.exists(f"{p}s") == 0
+        assert sorted(admin.hkeys(f"{p}migration:s1")) == ["2024-01-01_00-00-00_first", "2024-01-02_00-00-00_second"]
+    finally:
+        admin.execute_command("ACL", "DELUSER", name)
+
+
 def test_a_command_no_script_may_run_takes_multi_exec_after_the_first_file(project: Any, redis_prefix: Any,
                                                                           orchestrator: Any) -> None:
     """XGROUP has subcommands, whose queue-time checks a script cannot repeat: that file runs in MULTI/EXEC."""
@@ -367,6 +389,29 @@ def test_a_server_that_lost_its_scripts_gets_the_apply_script_again(redis_prefix
     assert client.get(f"{p}counter") == "3" and client.smembers(f"{p}seen") == {"f0", "f1", "f2"}
     assert sorted(client.hgetall(f"{p}migration:s1")) == [s.version for s in scripts]
     assert all(meta(redis_prefix, s.version)["status"] == "applied" for s in scripts)
+
+
+def test_command_info_is_asked_once_per_connection_not_by_every_file(redis_prefix: Any, tmp_path: Path) -> None:
+    p = redis_prefix["prefix"]
+    (tmp_path / "s1").mkdir()
+    for n in range(6):
+        (tmp_path / "s1" / f"2024-01-0{n + 1}_00-00-00_f{n}.redis").write_text(f"INCR {p}counter\nSADD {p}seen f{n}\n")
+    scripts = [m.script_for("redis") for m in discover("s1", tmp_path / "s1").migrations]
+    admin = raw_client()
+
+    def command_info_calls() -> int:
+        stats = admin.info("commandstats")
+        return int(stats.get("cmdstat_command|info", {}).get("calls", 0))
+
+    before = command_info_calls()
+    target = make_target(redis_prefix)
+    try:
+        with target.lock("s1", 1):
+            assert all(target.apply(s) is not None for s in scripts)  # the first by MULTI/EXEC, five by the script
+    finally:
+        target.close()
+    assert command_info_calls() - before == 1  # INCR and SADD asked about together, once (the script used to ask per file)
+    assert admin.get(f"{p}counter") == "6"
 
 
 def test_binary_replies_and_values(redis_prefix: Any, tmp_path: Path) -> None:
