@@ -73,6 +73,27 @@ def test_an_empty_pending_file_waits_and_adopted_rows_are_not_judged(info: SetIn
     assert (st.error or "").startswith("waiting: app/004_d.sql: ")
 
 
+def test_current_at_a_glance_is_what_the_full_steps_say(info: SetInfo) -> None:
+    """The one-comparison answer for an exactly current ledger, against every step on 400 random ledgers."""
+    import random
+
+    rng = random.Random(15)
+    shapes = [lambda v: row(info, v), lambda v: row(info, v, apply_time=rng.randrange(1, 2_000_000_000)),
+              lambda v: row(info, v, checksum="ab" * 32), lambda v: row(info, v, checksum=None),
+              lambda v: row(info, v, status="failed", statement=1, error="boom"), lambda v: row(info, v, status="running"),
+              lambda v: row(info, v, set_id=""), lambda v: row(info, v, set_id="other")]
+    glanced = 0
+    for _ in range(400):
+        versions = [v for v in (A, B, C, "000_gone", "004_new") if rng.random() < (0.9 if v in (A, B, C) else 0.1)]
+        rows = {v: rng.choice(shapes[:2] if rng.random() < 0.5 else shapes)(v) for v in versions}
+        holder = rng.choice([None, None, None, "", "host pid 7"])
+        full = assess(info, "sqlite.t", "sqlite", rows, holder, "config.json", glance=False)
+        quick = assess(info, "sqlite.t", "sqlite", rows, holder, "config.json")
+        assert (quick.to_json(), quick.applied_at) == (full.to_json(), full.applied_at), rows
+        glanced += quick.state == "current"
+    assert glanced > 50  # the glance was taken, not only the steps
+
+
 def test_one_exit_code_table() -> None:
     assert {s: exit_code_for_state(s) for s in STATES} == {
         "current": 0, "pending": 0, "failed": 1, "drift": 1, "unreachable": 3, "locked": 1, "held": 0, "capped": 0, "removed": 0}

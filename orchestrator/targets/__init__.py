@@ -45,7 +45,7 @@ import os
 import socket
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from orchestrator.config import DatabaseConfig
@@ -148,10 +148,15 @@ class Target(Protocol):
         """Set an applied row's checksum and its ``applied_by`` to ``note`` (``repair``); False when no such applied row."""
 
 
+_classes: dict[str, Any] = {}  # driver -> its target class, once loaded (the import system is not asked per target)
+
+
 def open_target(db: DatabaseConfig, table: str) -> Target:
     """A new, unconnected target for a config entry; engine modules load on first use."""
-    module_name, _, class_name = _REGISTRY[db.driver].partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = _classes.get(db.driver)
+    if cls is None:
+        module_name, _, class_name = _REGISTRY[db.driver].partition(":")
+        cls = _classes[db.driver] = getattr(importlib.import_module(module_name), class_name)
     target: Target = cls(db, table)
     return target
 
