@@ -36,7 +36,8 @@ log = logging.getLogger("migrations")
 LEDGER_LEVEL = 2
 """Level 1: the C tool's (version, apply_time). Level 2: + set_id, checksum, duration_ms, status, statement, error, applied_by; key (set_id, version)."""
 
-LEDGER_COLUMNS = ("set_id", "version", "apply_time", "checksum", "duration_ms", "status", "statement", "error", "applied_by")
+LEDGER_COLUMNS = ("version", "apply_time", "set_id", "checksum", "duration_ms", "status", "statement", "error", "applied_by")
+"""The ledger's columns as ``applied`` reads them: in LedgerRow's order, so a row becomes one as it comes."""
 _C_TOOL_ROW = re.compile(r"lib(.+)\.so")
 
 
@@ -220,13 +221,17 @@ class SqlLedger:
         with self._ledger_errors(f"cannot read the ledger {self.ledger_label}"):
             rows = self._ledger_rows(set_id)
         result: dict[str, LedgerRow] = {}
-        for set_id, version, apply_time, checksum, duration_ms, status, statement, error, applied_by in rows:
+        make = LedgerRow._make
+        for row in rows:
+            version, apply_time, set_id = row[0], row[1], row[2]
+            # A set's own row wins over an adopted one of the same version.
+            if set_id and type(apply_time) is int and row[5]:
+                result[version] = make(row)  # the common row: taken as the query gave it
+                continue
             if set_id == "":
                 version = c_tool_version(version)
-            # A set's own row wins over an adopted one of the same version.
             if version not in result or set_id != "":
-                result[version] = LedgerRow(version, int(apply_time or 0), set_id, checksum, duration_ms, status or "applied",
-                                            statement, error, applied_by)
+                result[version] = LedgerRow(version, int(apply_time or 0), set_id, row[3], row[4], row[5] or "applied", *row[6:])
         return result
 
     def _ledger_rows(self, set_id: str) -> list[Any]:
@@ -241,7 +246,7 @@ class SqlLedger:
                 raise  # a ledger we cannot read is an error, never "nothing applied"
         try:
             # A C-tool ledger not adopted yet: its rows count for every set.
-            return [("", v, at) + (None,) * 6 for v, at in self._execute(f"SELECT version, apply_time FROM {t}") or []]
+            return [(v, at, "") + (None,) * 6 for v, at in self._execute(f"SELECT version, apply_time FROM {t}") or []]
         except self._errors as exc:
             if self._is_missing_column(exc):
                 raise self._not_a_ledger() from None

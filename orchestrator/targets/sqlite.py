@@ -27,6 +27,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from orchestrator.errors import LockHeld, MigrationError, TargetUnreachable
 from orchestrator.locktimeout import LockTimedOut
@@ -85,7 +86,8 @@ class SqliteTarget(SqlTarget):
                     self._missing = True  # nothing applied yet; do not create the file to say so
                     self.connection = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
                     return
-                uri = f"{path.resolve().as_uri()}?mode=ro"
+                # Built, not resolved: Path.resolve() costs an lstat per path component, on every file of a status pass.
+                uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
                 self.connection = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
             else:
                 new = not path.exists()

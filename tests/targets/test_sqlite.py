@@ -329,6 +329,20 @@ def test_readonly_status_changes_nothing(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["app.db", "app.db.orchestrator-lock", "s1"]
 
 
+@pytest.mark.parametrize("name", ["app #1?.db", "100% ü.db", "a%20b.db"])
+def test_readonly_status_opens_a_file_whose_name_a_uri_would_misread(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "dir with space"
+    db = folder / name
+    apply_all(db, write_set(tmp_path / "s1", {"001.sql": "CREATE TABLE t (x);\n"}), journal_mode="DELETE")
+    before = sorted(os.listdir(folder))
+    target = target_for(db, readonly=True)
+    try:
+        assert list(target.applied("s1")) == ["001"]
+    finally:
+        target.close()
+    assert sorted(os.listdir(folder)) == before  # the file itself was read, nothing new beside it
+
+
 def test_new_database_and_its_folder_are_created(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = tmp_path / "var" / "data" / "app.db"
     with caplog.at_level(logging.INFO, logger="migrations"):
