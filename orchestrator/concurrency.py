@@ -1,36 +1,61 @@
 """How many targets a fleet run works on at once: one budget for SQLite files, one for servers.
 
-SQLite work is CPU in this process: on a small machine more threads only trade the
-GIL, and the benchmark's fleet of files ran faster on fewer. A server target mostly
-waits for its replies: with the servers 10 ms away, eight threads leave a 200-target
-pass waiting on round trips. One pool sized for either starves or floods the other,
-so a command-line run without an explicit count gets two pools side by side:
-``defaults.WORKERS`` threads for SQLite files and ``defaults.SERVER_WORKERS`` for server
-targets. An explicit count (``--workers``, or ``daemon.workers`` written in the
-config) is one budget shared by every target, as it always was: the way to cap the
-connections a run opens.
+SQLite work is CPU in this process plus the disk's syncs: past about two threads a
+core, more threads only trade the GIL (a no-op pass over 1,000 files took a third
+longer on 8 threads than on 2, on two cores), so files never get more than
+``FILE_THREADS_PER_CPU`` threads per processor this process may use. A server target
+mostly waits for its replies: with the servers 10 ms away, eight threads leave a
+200-target pass waiting on round trips. One pool sized for either starves or floods
+the other, so a run gets two pools side by side: without an explicit count,
+``defaults.WORKERS`` threads for SQLite files (within the cap) and
+``defaults.SERVER_WORKERS`` for server targets. An explicit count (``--workers``, or
+``daemon.workers`` written in the config) is the budget for all: at most that many
+targets are open at once, the files taking their capped share of it and the server
+targets the rest (all of it when there are no files; a budget too small to split is
+one pool). It is the way to cap the connections a run opens.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 from orchestrator import defaults
 
-__all__ = ["budgets"]
+__all__ = ["FILE_THREADS_PER_CPU", "budgets", "file_threads"]
+
+FILE_THREADS_PER_CPU = 2
+
+
+def file_threads() -> int:
+    """The most threads SQLite files get: two per processor this process may run on."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    return FILE_THREADS_PER_CPU * max(1, cpus)
 
 
 def budgets(targets: Iterable[tuple[str, str]], workers: int | None) -> list[tuple[int, list[str]]]:
     """(threads, dbids) per pool for ``targets`` ((dbid, driver) pairs, in work order).
 
-    ``workers`` set: one pool of that many threads for all. None: SQLite files on
-    ``defaults.WORKERS`` threads, server targets on ``defaults.SERVER_WORKERS``. A pool never
-    has more threads than targets; empty pools are left out.
+    ``workers`` None: SQLite files on ``defaults.WORKERS`` threads, server targets on
+    ``defaults.SERVER_WORKERS``. ``workers`` set: at most that many in all, the files
+    on their capped share and the servers on the rest; one pool of ``workers`` when
+    the budget is too small to split. Files never get more than :func:`file_threads`.
+    A pool never has more threads than targets; empty pools are left out.
     """
     items = list(targets)
-    if workers is not None:
-        groups = [(workers, [dbid for dbid, _ in items])]
+    files = [dbid for dbid, driver in items if driver == "sqlite"]
+    servers = [dbid for dbid, driver in items if driver != "sqlite"]
+    cap = file_threads()
+    if workers is None:
+        groups = [(min(defaults.WORKERS, cap), files), (defaults.SERVER_WORKERS, servers)]
+    elif not servers:
+        groups = [(min(workers, cap), files)]
+    elif files and workers > min(workers, cap, len(files)):
+        share = min(workers, cap, len(files))
+        groups = [(share, files), (workers - share, servers)]
     else:
-        groups = [(defaults.WORKERS, [dbid for dbid, driver in items if driver == "sqlite"]),
-                  (defaults.SERVER_WORKERS, [dbid for dbid, driver in items if driver != "sqlite"])]
+        groups = [(workers, [dbid for dbid, _ in items])]
     return [(max(1, min(size, len(dbids))), dbids) for size, dbids in groups if dbids]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
-from orchestrator import defaults, fleet
-from orchestrator.concurrency import budgets
+from orchestrator import concurrency, defaults, fleet
+from orchestrator.concurrency import budgets, file_threads
 from orchestrator.config import load
 
 
@@ -14,16 +15,28 @@ def test_without_a_count_files_and_servers_get_their_own_pools() -> None:
     targets = [(f"sqlite.f{i}", "sqlite") for i in range(100)] + [(f"postgresql.p{i}", "postgresql") for i in range(50)]
     targets += [("redis.r1", "redis"), ("mysql.m1", "mysql")]
     pools = budgets(targets, None)
-    assert [size for size, _ in pools] == [defaults.WORKERS, defaults.SERVER_WORKERS]
+    assert [size for size, _ in pools] == [min(defaults.WORKERS, file_threads()), defaults.SERVER_WORKERS]
     assert pools[0][1] == [f"sqlite.f{i}" for i in range(100)]
     assert pools[1][1] == [f"postgresql.p{i}" for i in range(50)] + ["redis.r1", "mysql.m1"]
     assert defaults.SERVER_WORKERS > defaults.WORKERS
 
 
-def test_an_explicit_count_is_one_budget_for_every_target() -> None:
-    targets = [("sqlite.a", "sqlite"), ("redis.r", "redis"), ("sqlite.b", "sqlite")]
-    assert budgets(targets, 4) == [(3, ["sqlite.a", "redis.r", "sqlite.b"])]
-    assert budgets(targets, 2) == [(2, ["sqlite.a", "redis.r", "sqlite.b"])]
+def test_an_explicit_count_is_the_budget_for_all_the_files_taking_at_most_their_cap(monkeypatch: Any) -> None:
+    monkeypatch.setattr(concurrency, "file_threads", lambda: 4)
+    files = [f"sqlite.f{i}" for i in range(10)]
+    servers = ["redis.r", "postgresql.p", "mysql.m"]
+    targets = [(d, "sqlite") for d in files] + [(d, d.split(".")[0]) for d in servers]
+    assert budgets(targets, 8) == [(4, files), (3, servers)]  # 4 + 4 allowed: never more than 8 open
+    assert budgets(targets, 6) == [(4, files), (2, servers)]
+    assert budgets(targets[:2] + targets[-1:], 3) == [(2, files[:2]), (1, ["mysql.m"])]
+    assert budgets(targets[:10], 8) == [(4, files)]  # files alone: the cap still holds
+    assert budgets(targets[10:], 8) == [(3, servers)]
+    assert budgets(targets, 4) == [(4, files + servers)]  # too small to split: one pool, as before
+    assert budgets(targets, 1) == [(1, files + servers)]
+
+
+def test_files_get_two_threads_per_processor_this_process_may_use() -> None:
+    assert file_threads() == 2 * len(os.sched_getaffinity(0))
 
 
 def test_pools_never_outnumber_their_targets_and_empty_ones_are_left_out() -> None:
@@ -53,6 +66,6 @@ def test_a_fleet_run_without_a_count_works_files_and_servers_on_pools_of_their_o
                                                          "redis.r0": "fleet-servers", "redis.r1": "fleet-servers"}
 
 
-def test_daemon_workers_written_in_the_config_is_one_budget_for_all(project: Any, redis_prefix: Any) -> None:
+def test_daemon_workers_written_in_the_config_is_the_budget_for_all(project: Any, redis_prefix: Any) -> None:
     threads = _threads_by_target(project, redis_prefix, daemon={"workers": 3})
     assert set(threads.values()) == {"fleet"} and len(threads) == 4

@@ -86,9 +86,12 @@ class SqliteTarget(SqlTarget):
                     self._missing = True  # nothing applied yet; do not create the file to say so
                     self.connection = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
                     return
-                # Built, not resolved: Path.resolve() costs an lstat per path component, on every file of a status pass.
-                uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+                # Opened for reading and writing but never creating, and made query-only: a mode=ro connection
+                # cannot use the WAL index of a WAL file and reads it the slow way (1.7 ms a file, against 0.5).
+                # The URI is built, not resolved: Path.resolve() costs an lstat per path component.
+                uri = f"file:{quote(os.path.abspath(path))}?mode=rw"
                 self.connection = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+                self.connection.execute("PRAGMA query_only = ON")
             else:
                 new = not path.exists()
                 if not path.parent.is_dir():
