@@ -171,6 +171,51 @@ def test_session_settings_do_not_leak_into_the_next_migration(mysql_db: Any, pro
     assert rows["004_strict"]["statement"] == 1 and rows["004_strict"]["error"].startswith("error 1406: ")
 
 
+def test_a_change_only_the_server_sees_is_set_back_and_plain_files_skip_the_check(mysql_db: Any, tmp_path: Path) -> None:
+    """The server flags each statement that changed the session: a trigger setting a user variable is caught
+    (no file text says so), and files whose statements changed nothing are not checked at all."""
+    from orchestrator.config import MysqlConfig
+    from orchestrator.runner import run
+    from orchestrator.sets import discover
+    from orchestrator.targets import open_target
+
+    folder = tmp_path / "s1"
+    folder.mkdir()
+    files = {
+        "001_table.sql": "CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB;\n",
+        "002_trigger.sql": "CREATE TRIGGER note_id BEFORE INSERT ON t FOR EACH ROW SET @last_id = NEW.id;\n",
+        "003_insert.sql": "INSERT INTO t VALUES (7);\n",  # fires the trigger: @last_id = 7 in the runner's session
+        "004_observe.sql": "CREATE TABLE seen AS SELECT @last_id AS last_id;\n",
+        "005_plain.sql": "CREATE TABLE u (id INT PRIMARY KEY);\nINSERT INTO u VALUES (1);\n",
+        "006_plain.sql": "ALTER TABLE u ADD COLUMN v INT;\n",
+    }
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    target = open_target(MysqlConfig.model_validate({"host_id": "m1", **mysql_db}), "migration")
+    target.connect()
+    try:
+        def checks() -> int:  # the session digest queries this connection has run
+            rows = target.connection.cursor()
+            rows.execute("SHOW SESSION STATUS LIKE 'Com_execute_sql'")
+            return int(rows.fetchone()[1])
+
+        report = run(target, discover("s1", folder))
+        assert [a.version for a in report.applied] == [n[:-4] for n in files]
+        done = checks()
+        more = ["007_plain.sql", "008_plain.sql", "009_set.sql"]
+        (folder / "007_plain.sql").write_text("CREATE TABLE w (id INT);\n")
+        (folder / "008_plain.sql").write_text("INSERT INTO w VALUES (1), (2);\n")
+        (folder / "009_set.sql").write_text("SET @leak = 1;\nCREATE TABLE x (id INT);\n")
+        assert [a.version for a in run(target, discover("s1", folder)).applied] == [n[:-4] for n in more]
+        assert checks() - done == 1  # 009 only: 007 and 008 changed nothing the server flags
+        cur = target.connection.cursor()
+        cur.execute("SELECT @leak, @last_id")
+        assert cur.fetchone() == (None, None)  # both set back
+    finally:
+        target.close()
+    assert query(mysql_db, "SELECT last_id FROM seen") == [(None,)]  # 003's trigger did not leak into 004
+
+
 def test_lock_timeouts_follow_each_file_and_are_sent_only_when_they_change(
         mysql_db: Any, project: Any, orchestrator: Any, monkeypatch: Any) -> None:
     from orchestrator.targets.mysql import MysqlTarget

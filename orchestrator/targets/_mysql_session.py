@@ -4,20 +4,26 @@ A migration may change session variables (FOREIGN_KEY_CHECKS, sql_mode, NAMES,
 time_zone, SET timestamp) and user variables; the mariadb client would start the
 next file in a new session. The runner keeps one session for the run (closing it,
 or COM_RESET_CONNECTION, would release its GET_LOCK), so it sets back what
-changed instead, checked by one prepared digest query per migration. The
-runner's own settings (lock timeouts) are pinned into that session: sent once
-per connection, and set back like the others when a migration changes them.
+changed instead, checked by one prepared digest query per migration. Where the
+server flags the statements that change a session (``session_track_state_change``,
+:class:`SessionWatch`), a migration none of whose statements was flagged skips that
+query. The runner's own settings (lock timeouts) are pinned into that session: sent
+once per connection, and set back like the others when a migration changes them.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Session", "capture_session"]
+if TYPE_CHECKING:
+    from orchestrator.sets import Script
+
+__all__ = ["SESSION_TRACK", "Session", "SessionWatch", "capture_session"]
 
 log = logging.getLogger("migrations")
 
@@ -52,6 +58,11 @@ _USER_VARIABLES = (
     "SELECT VARIABLE_NAME, VARIABLE_VALUE, NULL FROM performance_schema.user_variables_by_thread "
     "WHERE THREAD_ID = PS_CURRENT_THREAD_ID() AND VARIABLE_VALUE IS NOT NULL",
 )
+SESSION_TRACK = 1 << 23
+"""The client capability (CLIENT_SESSION_TRACK) under which the server flags a statement that changed the session."""
+_SESSION_STATE_CHANGED = 0x4000  # in the status of the statement's OK packet
+# Statements that could turn the flagging off, directly or inside a procedure: such a file is always checked.
+_MAY_STOP_TRACKING = re.compile(r"session_track|(?<![0-9A-Za-z_$])call(?![0-9A-Za-z_$])", re.IGNORECASE)
 _SESSION_CHECK = "orchestrator_session_check"  # a prepared statement: parsing ~200 @@names costs 1 ms, running it 0.2
 _ER_UNKNOWN_PREPARED = 1243
 
@@ -138,6 +149,48 @@ class Session:
         if assignments:
             log.debug("%s: restoring the session: %s", dbid, ", ".join(assignments))
             execute("SET " + ", ".join(assignments), tuple(params))
+
+
+class SessionWatch:
+    """Whether a migration's statements changed the session, as the server flags them.
+
+    ``start`` asks the server, once per connection, to flag each statement that
+    changes the session state (system and user variables, the default schema,
+    temporary tables, prepared statements); a server that does not flag the
+    request itself is not trusted, and every migration is checked. Statements that
+    return rows are counted as changes (their end-of-rows status is not read), and
+    so are files that could turn the flagging off (``session_track``, ``CALL``) and
+    Python migrations, which may use the connection directly.
+    """
+
+    def __init__(self) -> None:
+        self.tracked = False
+        self._watching = False
+        self._changed = False
+
+    def start(self, connection: Any, errors: tuple[type[BaseException], ...]) -> None:
+        try:
+            connection.query("SET SESSION session_track_state_change = ON")
+        except errors:
+            self.tracked = False  # an old server: the digest query decides, every time
+            return
+        self.tracked = bool(connection.server_status & _SESSION_STATE_CHANGED)
+
+    def begin(self) -> None:
+        self._watching, self._changed = True, False
+
+    def end(self) -> None:
+        self._watching = False
+
+    def see(self, connection: Any, has_rows: bool) -> None:
+        """After each statement's result (each one of a multi-statement chunk)."""
+        if self._watching and (has_rows or connection.server_status & _SESSION_STATE_CHANGED):
+            self._changed = True
+
+    def unchanged(self, script: Script) -> bool:
+        """True when the server says the migration left the session as it found it."""
+        return (self.tracked and not self._changed and script.kind == "sql"
+                and not script.derived("mysql:may-stop-tracking", lambda: bool(_MAY_STOP_TRACKING.search(script.text()))))
 
 
 def _user_value(value: Any, kind: str | None) -> Any:

@@ -27,7 +27,7 @@ from orchestrator import defaults
 from orchestrator.errors import ConfigError, LockHeld, MigrationError, TargetUnreachable
 from orchestrator.locktimeout import LockPolicy, mysql_blocker, mysql_is_lock_timeout, mysql_session_values
 from orchestrator.redact import redact
-from orchestrator.targets._mysql_session import Session, capture_session
+from orchestrator.targets._mysql_session import SESSION_TRACK, Session, SessionWatch, capture_session
 from orchestrator.targets._sql import SqlTarget
 from orchestrator.targets._where import ErrorAt
 
@@ -119,6 +119,7 @@ class MysqlTarget(SqlTarget):
 
         db = self.db
         self._session, self._session_dirty, self._lock_settings = None, False, None
+        self._watch = SessionWatch()
         if pymysql.charset.charset_by_name(db.charset) is None:
             raise ConfigError(f"{self.dbid}: charset {db.charset!r} is not a MySQL character set (e.g. utf8mb4)")
         if db.tls:
@@ -144,7 +145,7 @@ class MysqlTarget(SqlTarget):
                 autocommit=True,
                 local_infile=False,
                 # As the mariadb client: a DELIMITER chunk holding several statements is sent whole.
-                client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS,
+                client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS | SESSION_TRACK,
                 program_name="orchestrator",
                 **tls,
             )
@@ -176,9 +177,11 @@ class MysqlTarget(SqlTarget):
         cur = self.connection.cursor()
         try:
             cur.execute(sql, params) if params is not None else cur.execute(sql)
+            self._watch.see(self.connection, cur.description is not None)
             rows = cur.fetchall() if cur.description else None
             done = 1
             while cur.nextset():
+                self._watch.see(self.connection, cur.description is not None)
                 done += 1
             return rows
         except BaseException:
@@ -365,13 +368,18 @@ class MysqlTarget(SqlTarget):
         # which would also release the runner's GET_LOCK.
         with self._ledger_errors("cannot read or restore the session variables"):
             if self._session is None:
+                self._watch.start(self.connection, self._errors)  # before the capture: part of the session of connect
                 self._session = capture_session(self._execute, self._errors, self.dbid)
             elif self._session_dirty:
                 self._restore_session()  # the previous migration ended before it could
         with self._ledger_errors("cannot set the lock timeouts"):
             self._pin_lock_timeouts(self._lock_policy(script))
         self._session_dirty = True
-        yield
+        self._watch.begin()
+        try:
+            yield
+        finally:
+            self._watch.end()
 
     def _restore_session(self) -> None:
         if self._session is not None:
@@ -389,6 +397,9 @@ class MysqlTarget(SqlTarget):
             raise MigrationError(script.label, "left a transaction open (no COMMIT at the end); its uncommitted changes were rolled back")
         if not conn.get_autocommit():
             conn.autocommit(True)
+        if self._watch.unchanged(script):  # no statement changed the session: nothing to check or set back
+            self._session_dirty = False
+            return
         if script.kind == "py" or _MAYBE_USE.search(script.text()):
             conn.select_db(self.db.dbname)
         try:
