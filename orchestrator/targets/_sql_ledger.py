@@ -283,14 +283,18 @@ class SqlLedger:
         )
         return bool(rows)
 
+    def _insert_sql(self) -> str:
+        """The ledger's INSERT, with the row from :meth:`_insert_params`."""
+        return self._sql(f"INSERT INTO {self._qualified_table()} (set_id, version, apply_time, checksum, duration_ms, status, "
+                         "applied_by) VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+    @staticmethod
+    def _insert_params(set_id: str, version: str, checksum: str | None, duration_ms: int | None,
+                       status: str = "applied") -> tuple[Any, ...]:
+        return (set_id, version, int(time.time()), checksum, duration_ms, status, runner_identity())
+
     def _insert_row(self, set_id: str, version: str, checksum: str | None, duration_ms: int | None, status: str = "applied") -> None:
-        self._execute(
-            self._sql(
-                f"INSERT INTO {self._qualified_table()} (set_id, version, apply_time, checksum, duration_ms, status, applied_by) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)"
-            ),
-            (set_id, version, int(time.time()), checksum, duration_ms, status, runner_identity()),
-        )
+        self._execute(self._insert_sql(), self._insert_params(set_id, version, checksum, duration_ms, status))
 
     def record(self, set_id: str, version: str, checksum: str | None) -> None:
         with self._ledger_errors(f"cannot record {version} in the ledger {self.ledger_label}"), self._transaction():

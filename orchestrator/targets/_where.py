@@ -9,13 +9,17 @@ migration file (:func:`raise_line`); Redis command files know each command's lin
 
 from __future__ import annotations
 
+import re
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrator.sqlsplit import Statement, line_of
 
-__all__ = ["ErrorAt", "one_line", "raise_line"]
+__all__ = ["ErrorAt", "as_written", "one_line", "raise_line"]
+
+_BLANKS = re.compile(r"\s*")
 
 
 @dataclass(frozen=True)
@@ -52,3 +56,24 @@ def raise_line(exc: BaseException, path: Path | str) -> int | None:
 def one_line(exc: BaseException) -> str:
     """An exception's text on one line, or its class name when it has none."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def as_written(text: str, statement: Any, pos: int) -> tuple[str, int] | None:
+    """(the statement's text up to its ';', offset after the ';') as the sqlite3 shell sends it, from the file.
+
+    The splitter trims trailing blanks; they are taken back from the file. A leading
+    comment may quote the statement, so the match must be followed by blanks and
+    ';' or the end. The last statement without ';' loses the file's final newline, as
+    in the shell, which joins the lines it read.
+    """
+    body = statement.text
+    start = text.find(body, pos)
+    while start >= 0:
+        stop = _BLANKS.match(text, start + len(body)).end()  # type: ignore[union-attr]
+        if stop >= len(text):
+            written = text[start:]
+            return (written[:-1] if written.endswith("\n") else written), stop
+        if text[stop] == ";":
+            return text[start:stop], stop + 1
+        start = text.find(body, start + 1)
+    return None

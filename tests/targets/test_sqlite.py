@@ -456,6 +456,36 @@ def test_runner_lock_is_held_from_the_first_migration_until_the_set_is_let_go(tm
     assert tables(db) == ["a", "b", "c", "d", "migration"]
 
 
+def test_later_files_of_a_run_go_directly_and_a_busy_write_lock_is_their_first_attempt(tmp_path: Path) -> None:
+    """The second file on takes the short way (BEGIN and body, row, COMMIT); its rows are the general path's, and
+    an application writer holding the write lock costs it one attempt of the lock policy, no more, no less."""
+    from orchestrator.targets import runner_identity
+
+    db = tmp_path / "app.db"
+    folder = write_set(tmp_path / "s1", {"001.sql": "CREATE TABLE a (x);\n", "002.sql": "CREATE TABLE b (y);\n"})
+    scripts = [m.script_for("sqlite") for m in discover("s1", folder).migrations]
+    target = target_for(db, lock_timeout="1s", lock_retries=0)
+    writer = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    try:
+        with target.lock("s1", 1):
+            target.ensure_ledger()
+            assert target.apply(scripts[0]) is not None  # the general path, which takes the runner lock
+            writer.execute("BEGIN IMMEDIATE")  # another application's writer
+            started = time.monotonic()
+            with pytest.raises(MigrationError, match=r"lock timeout after 1 attempt \(waiting for the write lock held by"):
+                target.apply(scripts[1])
+            assert 0.9 < time.monotonic() - started < 1.7  # one wait of the lock timeout: the direct path's was the attempt
+            writer.execute("ROLLBACK")
+            assert target.apply(scripts[1]) is not None
+            assert target.apply(scripts[1]) is None  # recorded: the direct path's failed insert is the general path's None
+    finally:
+        writer.close()
+        target.close()
+    assert tables(db) == ["a", "b", "migration"]
+    assert query(db, "SELECT set_id, version, checksum, status, applied_by FROM migration ORDER BY version") == [
+        ("s1", s.version, s.checksum, "applied", runner_identity()) for s in scripts]
+
+
 def test_journal_mode_off_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="migrations"):
         target_for(tmp_path / "app.db", journal_mode="OFF").close()
