@@ -13,27 +13,67 @@ the other, so a run gets two pools side by side: without an explicit count,
 targets are open at once, the files taking their capped share of it and the server
 targets the rest (all of it when there are no files; a budget too small to split is
 one pool). It is the way to cap the connections a run opens.
+
+Within the files' pool, opening, reading and judging a file holds one of
+:class:`FileSlots`' slots, one per processor, and applying its migrations lets go
+of it: a no-op pass is CPU alone and ran fastest with a thread per core, while a
+first catch-up mostly waits on the disk's syncs and runs faster with more files at
+once (on two cores: 1,000 files' no-op pass 1.1 s on 2 threads against 1.6 s on 4,
+their first catch-up faster on 4 than on 2).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from orchestrator import defaults
 
-__all__ = ["FILE_THREADS_PER_CPU", "budgets", "file_threads"]
+__all__ = ["FILE_THREADS_PER_CPU", "FileSlots", "budgets", "file_threads", "processors"]
 
 FILE_THREADS_PER_CPU = 2
 
 
+def processors() -> int:
+    """The processors this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def file_threads() -> int:
     """The most threads SQLite files get: two per processor this process may run on."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        cpus = os.cpu_count() or 1
-    return FILE_THREADS_PER_CPU * max(1, cpus)
+    return FILE_THREADS_PER_CPU * processors()
+
+
+class FileSlots:
+    """One slot per processor, held while a SQLite file is opened, read and judged, let go while it applies."""
+
+    def __init__(self, slots: int | None = None):
+        self._gate = threading.Semaphore(slots or processors())
+
+    @contextmanager
+    def thinking(self, dbid: str) -> Iterator[None]:
+        if not dbid.startswith("sqlite."):
+            yield
+            return
+        with self._gate:
+            yield
+
+    @contextmanager
+    def waiting(self, dbid: str) -> Iterator[None]:
+        """Inside :meth:`thinking`: the slot is someone else's until the block ends."""
+        if not dbid.startswith("sqlite."):
+            yield
+            return
+        self._gate.release()
+        try:
+            yield
+        finally:
+            self._gate.acquire()
 
 
 def budgets(targets: Iterable[tuple[str, str]], workers: int | None) -> list[tuple[int, list[str]]]:

@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from orchestrator import concurrency, defaults, fleet
-from orchestrator.concurrency import budgets, file_threads
+from orchestrator.concurrency import FileSlots, budgets, file_threads
 from orchestrator.config import load
 
 
@@ -69,3 +69,26 @@ def test_a_fleet_run_without_a_count_works_files_and_servers_on_pools_of_their_o
 def test_daemon_workers_written_in_the_config_is_the_budget_for_all(project: Any, redis_prefix: Any) -> None:
     threads = _threads_by_target(project, redis_prefix, daemon={"workers": 3})
     assert set(threads.values()) == {"fleet"} and len(threads) == 4
+
+
+def test_a_file_holds_a_processor_slot_while_read_and_lets_go_of_it_while_applying() -> None:
+    slots = FileSlots(1)
+    inside: list[str] = []
+    a_applying, b_done = threading.Event(), threading.Event()
+
+    def b() -> None:
+        with slots.thinking("sqlite.b"):
+            inside.append("b")
+        b_done.set()
+
+    with slots.thinking("sqlite.a"):
+        thread = threading.Thread(target=b)
+        thread.start()
+        assert not b_done.wait(0.2) and inside == []  # a is being read: b waits for the one slot
+        with slots.waiting("sqlite.a"):
+            a_applying.set()
+            assert b_done.wait(5) and inside == ["b"]  # a applies: b is read meanwhile
+        with slots.thinking("postgresql.p"):  # server targets never wait for a slot
+            inside.append("p")
+    thread.join()
+    assert inside == ["b", "p"]
