@@ -384,6 +384,15 @@ def median_of(times: int, fn: Callable[[], float]) -> float:
     return statistics.median(fn() for _ in range(times))
 
 
+def interleaved(times: int, fns: tuple[Callable[[], float], ...]) -> list[float]:
+    """The median of each of ``fns``, run in turn (a b c a b c ...), so that the machine's drift falls on all alike."""
+    walls: list[list[float]] = [[] for _ in fns]
+    for _ in range(times):
+        for i, fn in enumerate(fns):
+            walls[i].append(fn())
+    return [statistics.median(w) for w in walls]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sqlite", type=int, default=1000)
@@ -525,18 +534,17 @@ def measure(args: argparse.Namespace, fleet: Fleet, config: Path, peers: tuple[P
             floors.append(run_floor("first", floor))
         row["first"], row["first_floor"] = statistics.median(firsts), statistics.median(floors)
         row["first_runs"] = {"orchestrator": firsts, "floor": floors}
-        row["noop"] = median_of(args.repeat, lambda p=pattern: run_orch("catch-up", "--target", p))
-        row["noop_floor"] = median_of(args.repeat, lambda f=floor: run_floor("noop", f))
-        row["status"] = median_of(args.repeat, lambda p=pattern: run_orch("status", "--target", p))
+        row["noop"], row["status"], row["noop_floor"] = interleaved(args.repeat, (
+            lambda p=pattern: run_orch("catch-up", "--target", p), lambda p=pattern: run_orch("status", "--target", p),
+            lambda f=floor: run_floor("noop", f)))
         if peers and engine != "redis":
             row.update(measure_peers(engine, fleet, peers, work, args))
         rows[engine] = row
     print("whole fleet: no-op catch-up and status ...", file=sys.stderr)
     everything = [t for e in ENGINES for t in fleet.targets(e, "floor")]
     whole: dict[str, Any] = {"targets": sum(r["targets"] for r in rows.values())}
-    whole["noop"] = median_of(args.repeat, lambda: run_orch("catch-up"))
-    whole["status"] = median_of(args.repeat, lambda: run_orch("status"))
-    whole["noop_floor"] = median_of(args.repeat, lambda: run_floor("noop", everything))
+    whole["noop"], whole["status"], whole["noop_floor"] = interleaved(args.repeat, (
+        lambda: run_orch("catch-up"), lambda: run_orch("status"), lambda: run_floor("noop", everything)))
     whole["rss_mb"] = max(rss_by["catch-up"], rss_by["status"])
     whole["first"] = sum(r["first"] for r in rows.values())
     whole["first_floor"] = sum(r["first_floor"] for r in rows.values())
