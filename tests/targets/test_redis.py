@@ -369,13 +369,18 @@ def test_apply_rechecks_the_ledger_inside_the_transaction(redis_prefix: Any, tmp
     assert raw_client().get(f"{p}counter") == "1"
 
 
+def counting_files(tmp_path: Path, p: str, count: int) -> list[Any]:
+    """``count`` files of set s1, each counting itself in {p}counter and {p}seen; their scripts, in order."""
+    (tmp_path / "s1").mkdir()
+    for n in range(count):
+        (tmp_path / "s1" / f"2024-01-0{n + 1}_00-00-00_f{n}.redis").write_text(f"INCR {p}counter\nSADD {p}seen f{n}\n")
+    return [m.script_for("redis") for m in discover("s1", tmp_path / "s1").migrations]
+
+
 def test_a_server_that_lost_its_scripts_gets_the_apply_script_again(redis_prefix: Any, tmp_path: Path) -> None:
     """SCRIPT FLUSH (or a restarted server) between two files: the next file still runs once, with its ledger entry."""
     p = redis_prefix["prefix"]
-    (tmp_path / "s1").mkdir()
-    for n in range(3):
-        (tmp_path / "s1" / f"2024-01-0{n + 1}_00-00-00_f{n}.redis").write_text(f"INCR {p}counter\nSADD {p}seen f{n}\n")
-    scripts = [m.script_for("redis") for m in discover("s1", tmp_path / "s1").migrations]
+    scripts = counting_files(tmp_path, p, 3)
     target = make_target(redis_prefix)
     try:
         with target.lock("s1", 1):
@@ -393,10 +398,7 @@ def test_a_server_that_lost_its_scripts_gets_the_apply_script_again(redis_prefix
 
 def test_command_info_is_asked_once_per_connection_not_by_every_file(redis_prefix: Any, tmp_path: Path) -> None:
     p = redis_prefix["prefix"]
-    (tmp_path / "s1").mkdir()
-    for n in range(6):
-        (tmp_path / "s1" / f"2024-01-0{n + 1}_00-00-00_f{n}.redis").write_text(f"INCR {p}counter\nSADD {p}seen f{n}\n")
-    scripts = [m.script_for("redis") for m in discover("s1", tmp_path / "s1").migrations]
+    scripts = counting_files(tmp_path, p, 6)
     admin = raw_client()
 
     def command_info_calls() -> int:
