@@ -35,8 +35,8 @@ def test_an_explicit_count_is_the_budget_for_all_the_files_taking_at_most_their_
     assert budgets(targets, 1) == [(1, files + servers)]
 
 
-def test_files_get_two_threads_per_processor_this_process_may_use() -> None:
-    assert file_threads() == 2 * len(os.sched_getaffinity(0))
+def test_files_get_a_few_threads_per_processor_this_process_may_use() -> None:
+    assert file_threads() == concurrency.FILE_THREADS_PER_CPU * len(os.sched_getaffinity(0))
 
 
 def test_pools_never_outnumber_their_targets_and_empty_ones_are_left_out() -> None:
