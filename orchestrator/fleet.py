@@ -73,7 +73,7 @@ class Run:
     servers: ServerSlots | None = None  # migrations.per_server: targets of one server worked on at once
     allow: Allow | None = None  # a rollout's gate: which pending versions a binding may start now
     stopping: threading.Event = field(default_factory=threading.Event)
-    files: FileSlots | None = None  # the processors' slots for SQLite files (a fan-out makes them; see concurrency)
+    files: FileSlots = field(default_factory=FileSlots)  # the processors' slots for SQLite files (see concurrency)
 
     def stop_requested(self) -> bool:
         return self.stopping.is_set() or bool(self.should_stop and self.should_stop())
@@ -131,7 +131,6 @@ def _fan_out(run: Run, work: Work, workers: int | None, command: str) -> FleetRe
     results: list[BindingStatus] = []
     if workers is None and run.config.workers is not None:
         workers = run.config.workers  # written in the config: one budget for all, as given
-    run.files = run.files or FileSlots()
     # Without a count, SQLite files and server targets get pools of their own (see orchestrator.concurrency).
     pools = [(ThreadPoolExecutor(max_workers=count, thread_name_prefix=_pool_name(workers, dbids)), dbids)
              for count, dbids in budgets(((dbid, dbid.split(".", 1)[0]) for dbid in run.groups), workers)]
@@ -198,7 +197,7 @@ def _per_binding(run: Run, dbid: str, readonly: bool, body: Body) -> list[Bindin
     out: list[BindingStatus] = []
     if run.stop_requested():
         return out
-    with (run.files or FileSlots()).thinking(dbid):
+    with run.files.thinking(dbid):
         return _per_binding_in_slot(run, dbid, readonly, body, out)
 
 
@@ -338,7 +337,7 @@ def _catch_up_binding(run: Run, target: Target, info: SetInfo, driver: str, lock
         # Only what the gate allows is pending for the runner; applied versions stay for its out-of-order check.
         mset = replace(mset, migrations=tuple(m for m in mset.migrations if m.version in allowed or m.version in rows))
     try:
-        with (run.files or FileSlots()).waiting(target.dbid):  # the disk's time: another file may be read meanwhile
+        with run.files.waiting(target.dbid):  # the disk's time: another file may be read meanwhile
             run_set(target, mset, lock_wait=lock_wait, config_name=run.config_name, prefix=f"{target.dbid}/{set_id}: ",
                     should_stop=run.stop_requested, on_applied=applied.append)
         rows = target.applied(set_id)  # the ledger as this run left it

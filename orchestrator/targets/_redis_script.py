@@ -165,18 +165,11 @@ class KeptScript:
     def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         import redis
 
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = self._checkout()
         command = ("EVALSHA", self._sha, len(keys), *keys, *args)
-        try:
-            reply = roundtrip(conn, [command])[0]
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                roundtrip(conn, [("SCRIPT", "LOAD", self._source)])
-                reply = roundtrip(conn, [command])[0]
-        except BaseException:
-            self._drop(conn)
-            raise
+        reply = self._trip(command)
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            self._trip(("SCRIPT", "LOAD", self._source))
+            reply = self._trip(command)
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -185,24 +178,25 @@ class KeptScript:
         """COMMAND INFO of each name (None: unknown), asked once per name on this connection; None when the user may not ask."""
         missing = [name for name in names if name not in self._infos]
         if missing and not self._no_command_info:
-            conn = self._conn
-            if conn is None:
-                conn = self._conn = self._checkout()
-            try:
-                reply = roundtrip(conn, [("COMMAND", "INFO", *missing)])[0]
-            except BaseException:
-                self._drop(conn)
-                raise
+            reply = self._trip(("COMMAND", "INFO", *missing))
             if isinstance(reply, Exception):
                 self._no_command_info = True  # the script asks the server itself, as it may
             else:
                 self._infos.update(zip(missing, reply, strict=True))
         return None if self._no_command_info else self._infos
 
-    def _drop(self, conn: Any) -> None:
-        self._conn = None
-        conn.disconnect()  # a half-read reply must not reach the next call
-        self._pool.release(conn)
+    def _trip(self, command: Sequence[Any]) -> Any:
+        """One command's reply (an error reply as an exception object) on the kept connection, checked out on first use."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._checkout()
+        try:
+            return roundtrip(conn, [command])[0]
+        except BaseException:
+            self._conn = None
+            conn.disconnect()  # a half-read reply must not reach the next call
+            self._pool.release(conn)
+            raise
 
     def close(self) -> None:
         if self._conn is not None:

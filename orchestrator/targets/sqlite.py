@@ -203,7 +203,12 @@ class SqliteTarget(SqlTarget):
 
     def apply(self, script: Script) -> Applied | None:
         done = self._apply_directly(script)
-        return super().apply(script) if done is _STATEMENT_BY_STATEMENT else done
+        if done is not _STATEMENT_BY_STATEMENT:
+            return done  # type: ignore[no-any-return]
+        try:
+            return super().apply(script)
+        finally:
+            self._first_attempt = None  # the direct path's spent attempt belongs to this file only
 
     def _apply_directly(self, script: Script) -> Any:
         """The second and later plain files of a run: BEGIN and the body in one call, the ledger row, COMMIT.
@@ -230,7 +235,7 @@ class SqliteTarget(SqlTarget):
         except sqlite3.Error as exc:
             began = self.connection.in_transaction
             self._safe_rollback()
-            if not began and ("locked" in str(exc) or "busy" in str(exc)):  # the general path's first attempt, spent
+            if not began and _is_busy(exc):  # the general path's first attempt, spent
                 self._first_attempt = LockHeld(self.dbid, script.set_id, f"another writer (waited busy_timeout {self._busy_ms} ms)")
             return _STATEMENT_BY_STATEMENT
         except BaseException:
@@ -353,7 +358,7 @@ class SqliteTarget(SqlTarget):
         except sqlite3.Error as exc:
             began = self.connection.in_transaction
             self._safe_rollback()
-            if not began and ("locked" in str(exc) or "busy" in str(exc)):
+            if not began and _is_busy(exc):
                 raise LockHeld(self.dbid, script.set_id, f"another writer (waited busy_timeout {self._busy_ms} ms)") from None
             if self._recorded_after_failure(script):
                 return None  # another runner applied it after this one read the ledger
@@ -460,7 +465,7 @@ class SqliteTarget(SqlTarget):
         try:
             self._execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+            if _is_busy(exc):
                 raise LockHeld(self.dbid, self._set_id or "*", f"another writer (waited busy_timeout {self._busy_ms} ms)") from None
             raise
 
@@ -482,3 +487,7 @@ class SqliteTarget(SqlTarget):
             message += _NO_TRANSACTION_HINT  # PRAGMA wal_checkpoint inside the migration's own write transaction
         return ErrorAt(message, statement)
 
+
+def _is_busy(exc: BaseException) -> bool:
+    """SQLite's answer when the write lock stayed taken for the whole busy timeout."""
+    return "locked" in str(exc) or "busy" in str(exc)
